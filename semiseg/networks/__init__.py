@@ -1,1 +1,39 @@
-"""networks"""
+"""Network factory: one entry point that turns a NetworkConfig into a module.
+
+Convention every method relies on: in eval mode a network returns logits (B, K, Z, Y, X); in train
+mode with deep supervision it returns a list whose first element is the full-resolution logits.
+Use :func:`main_output` to get the full-resolution logits in both cases.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from semiseg.config import NetworkConfig
+
+
+def main_output(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    if isinstance(out, (list, tuple)):
+        return out[0]
+    return out
+
+
+def build_network(cfg: NetworkConfig, in_channels: int, num_classes: int, **overrides: Any) -> nn.Module:
+    """Build the network named by ``cfg.arch`` (overrides replace NetworkConfig fields)."""
+    cfg = dataclasses.replace(cfg, **overrides)
+    if cfg.arch == "unet":
+        from semiseg.networks.unet import UNet
+
+        return UNet(cfg, in_channels, num_classes)
+    if cfg.arch == "vnet":
+        from semiseg.networks.vnet import VNet
+
+        return VNet(cfg, in_channels, num_classes)
+    if cfg.arch == "light_unet":
+        from semiseg.networks.light_unet import LightUNet
+
+        return LightUNet(cfg, in_channels, num_classes)
+    raise ValueError(f"unknown network arch '{cfg.arch}' (choose unet, vnet, light_unet)")

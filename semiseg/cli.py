@@ -1,0 +1,269 @@
+"""The ``semiseg`` command: a thin layer over the Python API (each subcommand calls one function)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+EPOCH = 250  # iterations per epoch, as nnU-Net
+
+
+def _parse_value(text: str) -> Any:
+    """Values of ``--set key=value`` are JSON when they parse as JSON (numbers, lists), else strings."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise SystemExit(f"--set expects key=value, got '{p}'")
+        k, v = p.split("=", 1)
+        out[k.strip()] = _parse_value(v)
+    return out
+
+
+def _read_data_file(path: str | Path) -> Any:
+    """JSON or YAML (by suffix), with an error naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{p}: cannot read configuration: {e}") from None
+
+
+def _load_config_file(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    raw = _read_data_file(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of configuration fields")
+    return raw
+
+
+# -- subcommands ------------------------------------------------------------------------------------
+def cmd_validate(a: argparse.Namespace) -> int:
+    from semiseg.data.dataset import RawDataset
+    from semiseg.data.validate import format_problems, validate_dataset
+
+    ds = RawDataset.open(a.dataset, a.split)
+    problems = validate_dataset(ds, progress=not a.quiet)
+    print(format_problems(ds.root, problems))
+    return 1 if problems else 0
+
+
+def cmd_plan(a: argparse.Namespace) -> int:
+    from semiseg.run import create_run
+
+    run = create_run(a.dataset, a.out, a.split, spacing=a.spacing, max_patch_voxels=a.max_patch_voxels,
+                     base_features=a.base_features, max_features=a.max_features, overrides=_overrides(a.set), progress=not a.quiet)
+    p = run.plan
+    print(f"plan written to {run.root / 'plan.json'}")
+    print(f"  spacing (z,y,x) mm: {p.target_spacing}   patch: {p.patch_size}   median shape: {p.median_shape}")
+    print(f"  network: {p.network.arch} features {p.network.features}   normalisation: {[n['scheme'] for n in p.normalization]}")
+    return 0
+
+
+def cmd_preprocess(a: argparse.Namespace) -> int:
+    from semiseg.run import Run
+
+    Run(Path(a.run)).ensure_preprocessed(labelled=True, unlabelled=a.unlabelled, workers=a.workers, progress=not a.quiet)
+    return 0
+
+
+def build_train_config(a: argparse.Namespace) -> Any:
+    from semiseg.config import TrainConfig, apply_overrides
+
+    raw = _load_config_file(a.config)
+    cfg = TrainConfig(**raw)
+    if a.method:
+        cfg.method = a.method
+    if a.iterations is not None:
+        cfg.iterations = a.iterations
+    if a.epochs is not None:
+        cfg.iterations = a.epochs * EPOCH
+    if a.seed is not None:
+        cfg.seed = a.seed
+    cfg = apply_overrides(cfg, _overrides(a.set))
+    return cfg
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from semiseg.run import Run, model_dir, train_fold
+
+    run = Run(Path(a.run))
+    cfg = build_train_config(a)
+    t0 = time.time()
+    out = model_dir(run, cfg.method, a.fold, a.name)
+    path = train_fold(run, a.fold, cfg, k=a.k, out=out, device=a.device, resume=not a.no_resume, progress=not a.quiet, workers=a.workers)
+    print(f"{path} ({time.time() - t0:.0f} s)")
+    return 0
+
+
+def predictor_config(a: argparse.Namespace) -> Any:
+    from semiseg.inference import PredictorConfig
+
+    return PredictorConfig(step=a.step, gaussian=not a.no_gaussian, tta=a.tta, precision=a.precision,
+                           resample=a.resample, device=a.device, batch=a.batch, threads=a.threads)
+
+
+def load_postprocess(spec: str | None, model_path: str) -> Any:
+    """``--postprocess FILE.json|yaml`` (a list of steps) resolved against the model's labels."""
+    if not spec:
+        return None
+    from semiseg.inference import find_models
+    from semiseg.postprocess import Pipeline
+    import torch
+
+    labels = torch.load(find_models(model_path)[0], map_location="cpu", weights_only=False)["plan"]["labels"]
+    steps = _read_data_file(spec)
+    if isinstance(steps, dict):
+        steps = steps.get("steps", [])
+    return Pipeline.from_config(steps, labels)
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from semiseg.inference import Predictor
+
+    cfg = predictor_config(a)
+    t0 = time.time()
+    pred = Predictor.from_path(a.model, cfg, postprocess=load_postprocess(a.postprocess, a.model))
+    if a.profile:
+        from semiseg.profiling import profile_call
+
+        written, report = profile_call(pred.predict_folder, a.input, a.output, overwrite=a.overwrite, progress=not a.quiet)
+        out = Path(a.output)
+        from semiseg.data.io import atomic_write_json
+
+        atomic_write_json(out / "profile.json", report.to_dict())
+        report.plot(out / "profile.png")
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        written = pred.predict_folder(a.input, a.output, overwrite=a.overwrite, progress=not a.quiet)
+    print(f"{len(written)} case(s) -> {a.output} ({time.time() - t0:.1f} s, {len(pred.networks)} model(s))")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from semiseg.evaluation.evaluate import evaluate_folders, format_summary
+
+    ds_json = Path(a.dataset)
+    if ds_json.is_dir():
+        ds_json = ds_json / "dataset.json"
+    result = evaluate_folders(a.pred, a.ref, ds_json, a.out, num_workers=a.workers, progress=not a.quiet)
+    print(format_summary(result))
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from semiseg.demo import run_demo
+
+    run_demo(Path(a.out), iterations=a.iterations, progress=not a.quiet)
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------------
+def _predict_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--step", type=float, default=0.5, help="window stride as a fraction of the patch (0.5 nnU-Net, 0.9 fast)")
+    p.add_argument("--no-gaussian", action="store_true", help="uniform window weights")
+    p.add_argument("--tta", default="none", choices=["none", "3", "7"], help="mirroring test-time augmentation")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--resample", default="probabilities", choices=["probabilities", "argmax"],
+                   help="probabilities: resample softmax to the input grid; argmax: labels then nearest (fast, low memory)")
+    p.add_argument("--batch", type=int, default=2, help="windows per forward pass")
+    p.add_argument("--threads", type=int, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="semiseg", description="Semi-supervised 3D medical image segmentation")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a raw dataset; lists every problem with its file")
+    p.add_argument("dataset")
+    p.add_argument("--split", default=None, help="split JSON (default: DATASET/splits_semisupervised.json if present)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plan", help="fingerprint a dataset and write RUN/plan.json")
+    p.add_argument("dataset")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--split", default=None)
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"), help="override target spacing (mm)")
+    p.add_argument("--max-patch-voxels", type=int, default=128**3)
+    p.add_argument("--base-features", type=int, default=32, help="16 for the half-width network")
+    p.add_argument("--max-features", type=int, default=320)
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override any plan field, e.g. network.features=[8,16,32]")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("preprocess", help="fill RUN/cache (resumable)")
+    p.add_argument("run")
+    p.add_argument("--unlabelled", action="store_true", help="also the unlabelled images (never their labels)")
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("train", help="train one fold (or 'all') with a method")
+    p.add_argument("run")
+    p.add_argument("--fold", default="all", help="0..k-1 or 'all'")
+    p.add_argument("--k", type=int, default=5, help="number of folds")
+    p.add_argument("--method", default=None, help="supervised | mean-teacher | ua-mt | cps | dlunet | mpl")
+    p.add_argument("--config", default=None, help="TrainConfig as JSON/YAML")
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help=f"x{EPOCH} iterations")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override TrainConfig fields, e.g. method_params.lambda=1.0")
+    p.add_argument("--name", default=None, help="model folder name (default: the method)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    p.add_argument("--workers", type=int, default=1, help="preprocessing workers")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="predict NIfTI label maps on the inputs' grids")
+    p.add_argument("--model", required=True, help="model_final.pt, its folder, or a folder of fold_* (ensemble)")
+    p.add_argument("--input", required=True, help="image file or folder (CASE_0000.nii.gz ...)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--postprocess", default=None, help="JSON/YAML list of post-processing steps")
+    p.add_argument("--profile", action="store_true", help="sample time/RAM/CPU/GPU memory every 0.1 s (FLARE figures)")
+    _predict_options(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="DSC/NSD/HD95/ASD/IoU with FLARE rules")
+    p.add_argument("--pred", required=True)
+    p.add_argument("--ref", required=True)
+    p.add_argument("--dataset", required=True, help="dataset.json or its folder")
+    p.add_argument("--out", required=True, help="metrics JSON (a CSV is written beside it)")
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="plan, train, predict, evaluate and report on the embedded ChaosT2 sample")
+    p.add_argument("--out", default="demo_output")
+    p.add_argument("--iterations", type=int, default=None)
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from semiseg.data.io import ImageError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ImageError, FileNotFoundError, ValueError, KeyError, PermissionError) as e:
+        print(f"semiseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

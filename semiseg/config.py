@@ -1,0 +1,105 @@
+"""Configuration as data: the plan (what the data needs) and the training config (what a run does).
+
+Both are plain dataclasses that round-trip through JSON, so a new configuration is a file, not code.
+All spatial tuples are in array order (z, y, x), the order of ``SimpleITK.GetArrayFromImage``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class NetworkConfig:
+    """Topology of the segmentation network; ``arch`` picks the family."""
+
+    arch: str = "unet"  # unet | vnet | light_unet
+    features: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 320])
+    kernels: list[list[int]] = field(default_factory=list)  # per stage, (z, y, x)
+    strides: list[list[int]] = field(default_factory=list)  # per stage, first is [1, 1, 1]
+    deep_supervision: bool = False
+    dropout: float = 0.0
+
+
+@dataclass
+class Plan:
+    """What self-configuration decided for one dataset; every field may be overridden in plan.json."""
+
+    dataset_name: str
+    modality: str  # "CT" or anything else (per-case z-score)
+    num_input_channels: int
+    labels: dict[str, int]
+    target_spacing: list[float]  # (z, y, x) mm
+    patch_size: list[int]  # (z, y, x) voxels
+    batch_size: int = 2
+    normalization: list[dict[str, Any]] = field(default_factory=list)  # one per channel
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    median_shape: list[int] = field(default_factory=list)  # after resampling
+    foreground_oversample: float = 0.33
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def save(self, path: str | Path) -> None:
+        from semiseg.data.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(dataclasses.asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        raw = json.loads(Path(path).read_text())
+        raw["network"] = NetworkConfig(**raw.get("network", {}))
+        return cls(**raw)
+
+
+@dataclass
+class TrainConfig:
+    """What one training run does. ``method_params`` holds the options of the chosen method."""
+
+    method: str = "supervised"
+    iterations: int = 1000
+    batch_size: int = 2
+    unlabelled_batch_size: int = 2
+    lr: float = 0.01
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    poly_exponent: float = 0.9
+    grad_clip: float = 12.0
+    seed: int = 0
+    amp: bool = True  # only takes effect on CUDA
+    augmentation: str = "teacher"  # preset name in semiseg.data.augment
+    checkpoint_every: int = 250
+    num_workers: int = 0
+    method_params: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        from semiseg.data.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(dataclasses.asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def apply_overrides(obj: T, overrides: dict[str, Any]) -> T:
+    """Return a copy of a dataclass with dotted-key overrides applied (``network.features``)."""
+    obj = dataclasses.replace(obj)
+    for key, value in overrides.items():
+        target: Any = obj
+        parts = key.split(".")
+        for p in parts[:-1]:
+            sub = getattr(target, p)
+            sub = dataclasses.replace(sub) if dataclasses.is_dataclass(sub) else sub
+            setattr(target, p, sub)
+            target = sub
+        if not hasattr(target, parts[-1]):
+            raise KeyError(f"unknown configuration field '{key}'")
+        setattr(target, parts[-1], value)
+    return obj

@@ -1,0 +1,144 @@
+"""Raw datasets in nnU-Net v2 layout, with a semi-supervised split.
+
+Layout: ``dataset.json`` (channel_names, labels, file_ending), ``imagesTr/{case}_{XXXX}{ending}``,
+``labelsTr/{case}{ending}``. Which cases a run may use *with* labels is decided by the split:
+
+- ``splits_semisupervised.json`` (or a file given with ``split=``): ``{"labelled": [...],
+  "unlabelled": [...], "test": [...]}``. Unlabelled and test cases may live in ``imagesTr`` even when a
+  label exists; semiseg refuses to read those labels (:meth:`RawDataset.label_path`).
+- without a split file: every case of ``imagesTr`` with a label is labelled, images in
+  ``imagesUnlabelled/`` are unlabelled, images in ``imagesTs/`` are test cases.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semiseg.data.io import Geometry, ImageError, read_array
+
+SPLIT_FILE = "splits_semisupervised.json"
+
+
+class LabelAccessError(PermissionError):
+    """Raised when code asks for the label of a case that the split marks as unlabelled or test."""
+
+
+@dataclass
+class RawDataset:
+    root: Path
+    meta: dict[str, Any]
+    labelled: list[str]
+    unlabelled: list[str]
+    test: list[str]
+    image_dirs: dict[str, Path] = field(default_factory=dict)  # case -> folder holding its images
+
+    @classmethod
+    def open(cls, root: str | Path, split: str | Path | dict[str, list[str]] | None = None) -> "RawDataset":
+        root = Path(root)
+        meta_path = root / "dataset.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path}: dataset.json not found (expected nnU-Net v2 raw layout)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{meta_path}: invalid JSON: {e}") from None
+        for key in ("channel_names", "labels", "file_ending"):
+            if key not in meta:
+                raise ValueError(f"{meta_path}: missing required key '{key}'")
+        ending = meta["file_ending"]
+        found: dict[str, Path] = {}
+        for sub in ("imagesTr", "imagesUnlabelled", "imagesTs"):
+            for case in _cases_in(root / sub, ending):
+                found.setdefault(case, root / sub)
+        if isinstance(split, dict):
+            sp = split
+        elif split is not None or (root / SPLIT_FILE).is_file():
+            split_path = Path(split) if split is not None else root / SPLIT_FILE
+            try:
+                sp = json.loads(split_path.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"{split_path}: cannot read split file: {e}") from None
+        else:
+            sp = {
+                "labelled": [c for c, d in found.items() if d.name == "imagesTr" and (root / "labelsTr" / f"{c}{ending}").is_file()],
+                "unlabelled": [c for c, d in found.items() if d.name == "imagesUnlabelled"],
+                "test": [c for c, d in found.items() if d.name == "imagesTs"],
+            }
+        ds = cls(root, meta, list(sp.get("labelled", [])), list(sp.get("unlabelled", [])), list(sp.get("test", [])), found)
+        return ds
+
+    # -- facts ---------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.root.name))
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.meta["labels"].items()}
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.meta["channel_names"])
+
+    @property
+    def modality(self) -> str:
+        return str(self.meta["channel_names"]["0"])
+
+    @property
+    def file_ending(self) -> str:
+        return str(self.meta["file_ending"])
+
+    # -- paths ---------------------------------------------------------------------------------
+    def image_paths(self, case: str) -> list[Path]:
+        folder = self.image_dirs.get(case, self.root / "imagesTr")
+        return [folder / f"{case}_{c:04d}{self.file_ending}" for c in range(self.num_channels)]
+
+    def label_path(self, case: str) -> Path:
+        """Path of a labelled case's label. Refuses unlabelled and test cases, by design."""
+        if case not in self.labelled:
+            raise LabelAccessError(
+                f"label of case '{case}' requested, but the split does not list it as labelled "
+                "(semiseg never reads labels of unlabelled or test cases)"
+            )
+        return self.root / "labelsTr" / f"{case}{self.file_ending}"
+
+    def reference_label_path(self, case: str) -> Path:
+        """The hidden label of any case, for *evaluation only* (pseudo-label quality, test metrics):
+        ``labelsTr/`` or, for cases kept apart, ``labelsTs/``."""
+        name = f"{case}{self.file_ending}"
+        tr = self.root / "labelsTr" / name
+        ts = self.root / "labelsTs" / name
+        return ts if ts.is_file() and not tr.is_file() else tr
+
+    def load_case(self, case: str, with_label: bool) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
+        """(C, z, y, x) float32 image, (z, y, x) label or None, geometry of channel 0."""
+        chans, geo = [], None
+        for p in self.image_paths(case):
+            arr, g = read_array(p)
+            if geo is None:
+                geo = g
+            elif (diff := geo.matches(g)) is not None:
+                raise ImageError(f"{p}: channel geometry differs from channel 0: {diff}")
+            chans.append(arr.astype(np.float32))
+        assert geo is not None
+        image = np.stack(chans)
+        label = None
+        if with_label:
+            lp = self.label_path(case)
+            label, lg = read_array(lp)
+            if (diff := geo.matches(lg)) is not None:
+                raise ImageError(f"{lp}: label geometry does not match image: {diff}")
+            label = label.astype(np.int16)
+        return image, label, geo
+
+
+def _cases_in(folder: Path, ending: str) -> list[str]:
+    if not folder.is_dir():
+        return []
+    pat = re.compile(r"^(.*)_(\d{4})" + re.escape(ending) + "$")
+    return sorted({m.group(1) for p in folder.iterdir() if (m := pat.match(p.name))})

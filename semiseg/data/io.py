@@ -1,0 +1,168 @@
+"""Image I/O with SimpleITK and atomic writes.
+
+Arrays are (z, y, x) (or (C, z, y, x)); spacing/origin are reported in that array order too, while the
+SimpleITK image keeps its own (x, y, z) geometry, which we carry untouched to write predictions back.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+
+class ImageError(ValueError):
+    """A specific problem with one file; the message names the file."""
+
+
+@dataclass
+class Geometry:
+    """Physical placement of a 3D image, in SimpleITK's (x, y, z) conventions."""
+
+    spacing_xyz: tuple[float, ...]
+    origin_xyz: tuple[float, ...]
+    direction: tuple[float, ...]
+    shape_zyx: tuple[int, ...]
+
+    @property
+    def spacing_zyx(self) -> tuple[float, ...]:
+        return tuple(reversed(self.spacing_xyz))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spacing_xyz": list(self.spacing_xyz),
+            "origin_xyz": list(self.origin_xyz),
+            "direction": list(self.direction),
+            "shape_zyx": list(self.shape_zyx),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Geometry":
+        return cls(tuple(d["spacing_xyz"]), tuple(d["origin_xyz"]), tuple(d["direction"]), tuple(d["shape_zyx"]))
+
+    @classmethod
+    def of(cls, img: sitk.Image) -> "Geometry":
+        return cls(img.GetSpacing(), img.GetOrigin(), img.GetDirection(), tuple(reversed(img.GetSize())))
+
+    def matches(self, other: "Geometry", tol: float = 1e-3) -> str | None:
+        """None if the same grid, else a sentence saying what differs."""
+        if self.shape_zyx != other.shape_zyx:
+            return f"shape {self.shape_zyx} vs {other.shape_zyx}"
+        for name in ("spacing_xyz", "origin_xyz", "direction"):
+            a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
+            if not np.allclose(a, b, atol=tol, rtol=tol):
+                return f"{name.split('_')[0]} {tuple(np.round(a, 4))} vs {tuple(np.round(b, 4))}"
+        return None
+
+    def apply_to(self, img: sitk.Image) -> sitk.Image:
+        img.SetSpacing(self.spacing_xyz)
+        img.SetOrigin(self.origin_xyz)
+        img.SetDirection(self.direction)
+        return img
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read an image, turning any reader failure into an ImageError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: file not found")
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as e:  # SimpleITK raises RuntimeError for corrupt/truncated files
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
+        raise ImageError(f"{path}: cannot read image (corrupt or truncated file?): {first}") from None
+    if img.GetDimension() != 3:
+        raise ImageError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageError(f"{path}: expected a scalar image, got {img.GetNumberOfComponentsPerPixel()} components per voxel")
+    return img
+
+
+def read_array(path: str | Path) -> tuple[np.ndarray, Geometry]:
+    img = read_image(path)
+    try:
+        arr = sitk.GetArrayFromImage(img)
+    except RuntimeError as e:
+        raise ImageError(f"{path}: cannot decode voxel data: {e}") from None
+    return arr, Geometry.of(img)
+
+
+def _tmp_in(path: Path, suffix: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+def write_segmentation(seg: np.ndarray, geometry: Geometry, path: str | Path) -> None:
+    """Write an integer label map with the given geometry, atomically."""
+    path = Path(path)
+    if tuple(seg.shape) != tuple(geometry.shape_zyx):
+        raise ValueError(f"{path}: segmentation shape {seg.shape} does not match geometry {geometry.shape_zyx}")
+    dtype = np.uint8 if seg.max(initial=0) < 256 else np.uint16
+    img = geometry.apply_to(sitk.GetImageFromArray(seg.astype(dtype)))
+    suffix = "".join(path.suffixes) or ".nii.gz"
+    tmp = _tmp_in(path, suffix)
+    try:
+        sitk.WriteImage(img, tmp, True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_image(arr: np.ndarray, geometry: Geometry, path: str | Path) -> None:
+    """Write a scalar image with the given geometry, atomically."""
+    path = Path(path)
+    img = geometry.apply_to(sitk.GetImageFromArray(arr))
+    tmp = _tmp_in(path, "".join(path.suffixes) or ".nii.gz")
+    try:
+        sitk.WriteImage(img, tmp, True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    tmp = _tmp_in(path, path.suffix)
+    try:
+        Path(tmp).write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
+    path = Path(path)
+    tmp = _tmp_in(path, ".npy")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

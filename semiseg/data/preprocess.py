@@ -1,0 +1,187 @@
+"""Preprocessing shared by training (cached once) and prediction (on the fly): crop to non-zero,
+normalise, resample to the plan's spacing; plus the inverse that puts a prediction back on the input grid.
+"""
+from __future__ import annotations
+
+import json
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from semiseg.config import Plan
+from semiseg.data.io import Geometry, atomic_save_npy, atomic_write_json
+
+Bbox = list[list[int]]  # [[z0, z1], [y0, y1], [x0, x1]]
+
+
+def nonzero_bbox(image: np.ndarray) -> Bbox:
+    """Bounding box of voxels that are non-zero in any channel (whole image if none)."""
+    mask = np.any(image != 0, axis=0)
+    if not mask.any():
+        return [[0, s] for s in mask.shape]
+    bbox = []
+    for ax in range(3):
+        other = tuple(i for i in range(3) if i != ax)
+        idx = np.where(mask.any(axis=other))[0]
+        bbox.append([int(idx[0]), int(idx[-1]) + 1])
+    return bbox
+
+
+def crop_to_nonzero(image: np.ndarray, label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, Bbox]:
+    bbox = nonzero_bbox(image)
+    sl = tuple(slice(a, b) for a, b in bbox)
+    return image[(slice(None),) + sl], (label[sl] if label is not None else None), bbox
+
+
+def normalize(image: np.ndarray, schemes: list[dict[str, Any]]) -> np.ndarray:
+    """CT: clip to foreground 0.5/99.5 percentiles, then global foreground z-score; else per-case z-score."""
+    out = np.empty_like(image, dtype=np.float32)
+    for c, sch in enumerate(schemes):
+        x = image[c].astype(np.float32)
+        if sch["scheme"] == "ct":
+            x = np.clip(x, sch["lower"], sch["upper"])
+            out[c] = (x - sch["mean"]) / max(sch["std"], 1e-8)
+        elif sch["scheme"] == "zscore":
+            out[c] = (x - x.mean()) / max(float(x.std()), 1e-8)
+        elif sch["scheme"] == "none":
+            out[c] = x
+        else:
+            raise ValueError(f"unknown normalisation scheme '{sch['scheme']}' (ct, zscore, none)")
+    return out
+
+
+def resampled_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target: list[float]) -> list[int]:
+    return [max(1, int(round(s * sp / t))) for s, sp, t in zip(shape, spacing, target)]
+
+
+def resample_image(image: np.ndarray, new_shape: list[int]) -> np.ndarray:
+    """(C, z, y, x) float -> new spatial shape, trilinear."""
+    if list(image.shape[1:]) == list(new_shape):
+        return image.astype(np.float32, copy=False)
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    return F.interpolate(t, size=tuple(new_shape), mode="trilinear", align_corners=False)[0].numpy()
+
+
+def resample_labels(label: np.ndarray, new_shape: list[int], classes: list[int] | None = None) -> np.ndarray:
+    """Integer labels -> new shape by per-class linear interpolation and argmax (smoother than nearest);
+    one class at a time so memory stays at two float volumes."""
+    if list(label.shape) == list(new_shape):
+        return label.copy()
+    classes = classes if classes is not None else [int(c) for c in np.unique(label)]
+    best = torch.full(tuple(new_shape), -1.0)
+    out = torch.zeros(tuple(new_shape), dtype=torch.int16)
+    lab = torch.from_numpy(label.astype(np.int16))
+    for c in classes:
+        m = F.interpolate((lab == c).float()[None, None], size=tuple(new_shape), mode="trilinear", align_corners=False)[0, 0]
+        better = m > best
+        best = torch.where(better, m, best)
+        out[better] = c
+    return out.numpy()
+
+
+def resample_nearest(label: np.ndarray, new_shape: list[int]) -> np.ndarray:
+    if list(label.shape) == list(new_shape):
+        return label
+    t = torch.from_numpy(label.astype(np.int16))[None, None].float()
+    return F.interpolate(t, size=tuple(new_shape), mode="nearest-exact")[0, 0].numpy().astype(label.dtype)
+
+
+def preprocess_array(image: np.ndarray, geometry: Geometry, plan: Plan, label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """One case: crop, normalise, resample. Returns data, label and the properties to invert it."""
+    if not np.isfinite(image).all():
+        raise ValueError("image contains NaN/Inf voxels")
+    cropped, lab, bbox = crop_to_nonzero(image, label)
+    data = normalize(cropped, plan.normalization)
+    new_shape = resampled_shape(cropped.shape[1:], geometry.spacing_zyx, plan.target_spacing)
+    data = resample_image(data, new_shape)
+    if lab is not None:
+        lab = resample_labels(lab, new_shape, sorted(plan.labels.values()))
+    props = {"geometry": geometry.to_dict(), "bbox": bbox, "shape_after_crop": list(cropped.shape[1:]), "shape_after_resample": new_shape}
+    return data, lab, props
+
+
+def class_locations(label: np.ndarray, classes: list[int], max_per_class: int = 10000, seed: int = 1234) -> dict[str, list[list[int]]]:
+    """A sample of voxel coordinates per foreground class, for foreground oversampling."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[list[int]]] = {}
+    for c in classes:
+        if c == 0:
+            continue
+        idx = np.argwhere(label == c)
+        if len(idx) > max_per_class:
+            idx = idx[rng.choice(len(idx), max_per_class, replace=False)]
+        out[str(c)] = idx.tolist()
+    return out
+
+
+def restore_to_input(seg_or_probs: np.ndarray, props: dict[str, Any], is_probabilities: bool) -> np.ndarray:
+    """Invert preprocessing for a prediction at plan spacing: resample to the cropped shape (probabilities
+    linearly, or labels nearest), paste into the bbox, and return a label map on the input grid."""
+    crop_shape = props["shape_after_crop"]
+    full_shape = props["geometry"]["shape_zyx"]
+    if is_probabilities:
+        probs = seg_or_probs
+        if list(probs.shape[1:]) != list(crop_shape):
+            t = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))[None]
+            probs = F.interpolate(t, size=tuple(crop_shape), mode="trilinear", align_corners=False)[0].numpy()
+        seg = probs.argmax(0).astype(np.int16)
+    else:
+        seg = resample_nearest(seg_or_probs.astype(np.int16), crop_shape)
+    out = np.zeros(full_shape, dtype=np.int16)
+    (z0, z1), (y0, y1), (x0, x1) = props["bbox"]
+    out[z0:z1, y0:y1, x0:x1] = seg
+    return out
+
+
+# -- the cache ---------------------------------------------------------------------------------
+def _preprocess_one(args: tuple[Any, ...]) -> str:
+    ds_root, split, plan_dict, case, with_label, out_dir = args
+    from semiseg.config import NetworkConfig
+    from semiseg.data.dataset import RawDataset
+
+    ds = RawDataset.open(ds_root, split)
+    plan = Plan(**{**plan_dict, "network": NetworkConfig(**plan_dict["network"])})
+    image, label, geo = ds.load_case(case, with_label=with_label)
+    try:
+        data, lab, props = preprocess_array(image, geo, plan, label)
+    except ValueError as e:
+        raise ValueError(f"{ds.image_paths(case)[0]}: {e}") from None
+    out = Path(out_dir)
+    atomic_save_npy(out / f"{case}.npy", data)
+    if lab is not None:
+        atomic_save_npy(out / f"{case}_seg.npy", lab.astype(np.int16))
+        props["class_locations"] = class_locations(lab, sorted(plan.labels.values()))
+    props["labelled"] = lab is not None
+    atomic_write_json(out / f"{case}.json", props)  # written last: marks the case complete
+    return case
+
+
+def preprocess_dataset(ds_root: str | Path, split: Any, plan: Plan, cases: dict[str, bool], out_dir: str | Path, workers: int = 1, progress: bool = True) -> None:
+    """Preprocess ``cases`` (case -> with_label) into ``out_dir``; resumable: finished cases are skipped."""
+    import dataclasses
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = []
+    for case, with_label in cases.items():
+        pj = out / f"{case}.json"
+        if pj.is_file() and json.loads(pj.read_text()).get("labelled") == with_label:
+            continue
+        todo.append((str(ds_root), split, dataclasses.asdict(plan), case, with_label, str(out)))
+    if not todo:
+        return
+    bar = tqdm(total=len(todo), desc="preprocess", disable=not progress)
+    if workers <= 1:
+        for a in todo:
+            _preprocess_one(a)
+            bar.update()
+    else:
+        with get_context("spawn").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_preprocess_one, todo):
+                bar.update()
+    bar.close()

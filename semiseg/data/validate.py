@@ -1,0 +1,73 @@
+"""Dataset validation that reports every problem at once, each naming its file."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from semiseg.data.dataset import RawDataset
+from semiseg.data.io import ImageError, read_array
+
+
+def validate_dataset(ds: RawDataset, progress: bool = True) -> list[str]:
+    """Return a list of problems (empty when the dataset is usable). Never reads unlabelled labels."""
+    problems: list[str] = []
+    split_lists = {"labelled": ds.labelled, "unlabelled": ds.unlabelled, "test": ds.test}
+    for name, cases in split_lists.items():
+        for case, n in Counter(cases).items():
+            if n > 1:
+                problems.append(f"split: case '{case}' is listed {n} times in '{name}'")
+    seen: dict[str, str] = {}
+    for name, cases in split_lists.items():
+        for case in dict.fromkeys(cases):
+            if case in seen:
+                problems.append(f"split: case '{case}' is both {seen[case]} and {name}")
+            else:
+                seen[case] = name
+    declared = set(ds.labels.values())
+    if 0 not in declared:
+        problems.append(f"{ds.root / 'dataset.json'}: labels must declare background = 0")
+    cases = list(seen)
+    for case in tqdm(cases, desc="validate", disable=not progress):
+        geo = None
+        for p in ds.image_paths(case):
+            try:
+                arr, g = read_array(p)
+            except ImageError as e:
+                problems.append(str(e))
+                continue
+            if not np.isfinite(arr).all():
+                problems.append(f"{p}: image contains {int((~np.isfinite(arr)).sum())} NaN/Inf voxels")
+            if geo is None:
+                geo = g
+            elif (diff := geo.matches(g)) is not None:
+                problems.append(f"{p}: channel geometry differs from channel 0: {diff}")
+        if seen[case] != "labelled":
+            continue  # never read labels of unlabelled/test cases
+        lp = ds.label_path(case)
+        try:
+            lab, lg = read_array(lp)
+        except ImageError as e:
+            problems.append(str(e))
+            continue
+        if geo is not None and (diff := geo.matches(lg)) is not None:
+            problems.append(f"{lp}: label geometry does not match image: {diff}")
+        if np.issubdtype(lab.dtype, np.floating) and not np.all(np.mod(lab[np.isfinite(lab)], 1) == 0):
+            problems.append(f"{lp}: label has non-integer values")
+        if np.issubdtype(lab.dtype, np.floating) and not np.isfinite(lab).all():
+            problems.append(f"{lp}: label contains NaN/Inf")
+            continue
+        undeclared = sorted(set(np.unique(lab).astype(int).tolist()) - declared)
+        if undeclared:
+            problems.append(f"{lp}: label values {undeclared} are not declared in dataset.json labels {sorted(declared)}")
+    if not ds.labelled:
+        problems.append(f"{ds.root}: no labelled cases")
+    return problems
+
+
+def format_problems(root: Path, problems: list[str]) -> str:
+    if not problems:
+        return f"{root}: OK"
+    return f"{root}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems)

@@ -1,0 +1,218 @@
+"""The training engine: loop, poly LR, AMP, exact resume, logging, progress bar, curve plot.
+
+Everything method-specific lives in the Method's ``training_step``; this file is the same for all.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from semiseg.config import Plan, TrainConfig
+from semiseg.data.io import atomic_write_json
+from semiseg.data.sampling import PatchSampler, TrainingBatches, open_cases
+from semiseg.methods import Method, StepContext, get_method
+from semiseg.networks import build_network
+
+EPOCH_LENGTH = 250  # nnU-Net's epoch, used for per-epoch hooks (adaptive weights) and log averages
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    if name and name != "auto":
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def poly_lr(base: float, step: int, total: int, exponent: float = 0.9) -> float:
+    return base * (1 - step / max(1, total)) ** exponent
+
+
+def build_method(plan: Plan, cfg: TrainConfig) -> Method:
+    cls = get_method(cfg.method)
+
+    def make_net(**overrides: Any) -> torch.nn.Module:
+        return build_network(plan.network, plan.num_input_channels, plan.num_classes, **overrides)
+
+    return cls(make_net, plan.num_classes, cfg.method_params, cfg)
+
+
+@dataclass
+class DataSpec:
+    """Where the batches come from: cache folders and case lists for each stream."""
+
+    cache: Path
+    labelled: list[str]
+    unlabelled: list[str] = field(default_factory=list)
+    pseudo_cache: Path | None = None
+    pseudo: list[str] = field(default_factory=list)
+    pseudo_per_labelled: int = 3
+
+
+def make_batches(plan: Plan, cfg: TrainConfig, spec: DataSpec, method: Method) -> TrainingBatches:
+    lab = PatchSampler(open_cases(spec.cache, spec.labelled, True), plan.patch_size, plan.foreground_oversample, cfg.augmentation)
+    unl = None
+    if method.needs_unlabelled:
+        if not spec.unlabelled:
+            raise ValueError(f"method '{cfg.method}' needs unlabelled cases but the split has none")
+        unl = PatchSampler(open_cases(spec.cache, spec.unlabelled, False), plan.patch_size, 0.0, cfg.method_params.get("unlabelled_augmentation", "mirror"))
+    pseudo = None
+    if spec.pseudo:
+        assert spec.pseudo_cache is not None
+        pseudo = PatchSampler(open_cases(spec.pseudo_cache, spec.pseudo, True), plan.patch_size, plan.foreground_oversample, cfg.augmentation)
+    return TrainingBatches(lab, cfg.batch_size, cfg.seed, unl, cfg.unlabelled_batch_size, pseudo, spec.pseudo_per_labelled)
+
+
+def _checkpoint_state(method: Method, step: int, history: list[dict[str, float]]) -> dict[str, Any]:
+    return {
+        "step": step,
+        "method": method.state_dict(),
+        "optimizers": {k: o.state_dict() for k, o in method.optimizers.items()},
+        "scaler": method.scaler.state_dict() if method.scaler is not None else None,
+        "extra": method.extra_state(),
+        "history": history,
+    }
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    plan: Plan,
+    cfg: TrainConfig,
+    spec: DataSpec,
+    out_dir: str | Path,
+    resume: bool = True,
+    device: str | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    init_weights: str | Path | None = None,
+) -> Path:
+    """Train and write ``out_dir/model_final.pt``; continues from ``checkpoint.pt`` when resuming.
+
+    ``stop_after`` ends the loop early (after that many steps in total) as an interruption would;
+    ``init_weights`` starts the inference network from a trained model (fine-tuning)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / "model_final.pt"
+    if resume and final.is_file():
+        return final
+    dev = pick_device(device)
+    torch.manual_seed(cfg.seed)
+    method = build_method(plan, cfg)
+    if init_weights is not None:
+        state = torch.load(init_weights, map_location="cpu", weights_only=False)
+        method.inference_network().load_state_dict(state["weights"])
+    method.to(dev)
+    if dev.type == "cuda" and cfg.amp:
+        method.scaler = torch.amp.GradScaler("cuda")
+        method.autocast_dtype = torch.float16
+    atomic_write_json(out / "train_config.json", dataclasses.asdict(cfg))
+    plan.save(out / "plan.json")
+    start, history = 0, []
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        method.load_state_dict(ck["method"])
+        for k, o in method.optimizers.items():
+            o.load_state_dict(ck["optimizers"][k])
+        if method.scaler is not None and ck["scaler"] is not None:
+            method.scaler.load_state_dict(ck["scaler"])
+        method.load_extra_state(ck["extra"])
+        start, history = ck["step"], ck["history"]
+    batches = make_batches(plan, cfg, spec, method)
+    end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
+    loader = torch.utils.data.DataLoader(
+        batches, batch_size=None, sampler=range(start, end), num_workers=cfg.num_workers,
+        pin_memory=dev.type == "cuda", persistent_workers=False,
+    )
+    method.train()
+    bar = tqdm(total=cfg.iterations, initial=start, desc=f"train {cfg.method}", disable=not progress, dynamic_ncols=True)
+    t0 = time.time()
+    step = start
+    for step, batch in zip(range(start, end), loader):
+        for o in method.optimizers.values():
+            for g in o.param_groups:
+                g["lr"] = poly_lr(g.get("initial_lr", cfg.lr), step, cfg.iterations, cfg.poly_exponent)
+        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout / noise depend only on (seed, step)
+        batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+        ctx = StepContext(step, cfg.iterations, dev)
+        metrics = method.training_step(batch, ctx)
+        history.append({"step": step, **metrics})
+        bar.update()
+        bar.set_postfix({k: f"{v:.3f}" for k, v in list(metrics.items())[:3]})
+        if (step + 1) % EPOCH_LENGTH == 0:
+            method.on_epoch_end(ctx)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+            atomic_torch_save(_checkpoint_state(method, step + 1, history), ckpt_path)
+    bar.close()
+    if end < cfg.iterations:
+        return ckpt_path
+    net = method.inference_network()
+    atomic_torch_save(
+        {"weights": net.state_dict(), "plan": dataclasses.asdict(plan), "network": dataclasses.asdict(_inference_net_cfg(plan, method)),
+         "method": cfg.method, "train_config": dataclasses.asdict(cfg)},
+        final,
+    )
+    atomic_write_json(out / "log.json", {"history": history, "wall_time_s": time.time() - t0, "device": str(dev)})
+    plot_curve(history, out / "curve.png")
+    return final
+
+
+def _inference_net_cfg(plan: Plan, method: Method):
+    """The NetworkConfig of the kept network (a method may keep a different arch, e.g. DLUNet's light net)."""
+    cfg = getattr(method, "inference_network_config", None)
+    return cfg if cfg is not None else plan.network
+
+
+def plot_curve(history: list[dict[str, float]], path: Path) -> None:
+    """Training curve PNG: each logged scalar, smoothed over an epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not history:
+        return
+    keys = [k for k in history[0] if k != "step"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = np.array([h["step"] for h in history])
+    w = max(1, min(EPOCH_LENGTH, len(history) // 10))
+    for k in keys:
+        v = np.array([h.get(k, np.nan) for h in history], float)
+        sm = np.convolve(v, np.ones(w) / w, mode="valid")
+        ax.plot(steps[w - 1 :], sm, label=k)
+    ax.set_xlabel("step")
+    ax.set_title(f"training curve (moving average over {w} steps)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Plan]:
+    """A trained network (eval mode) and its plan, from model_final.pt."""
+    from semiseg.config import NetworkConfig
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    plan = Plan(**{**state["plan"], "network": NetworkConfig(**state["plan"]["network"])})
+    net_cfg = NetworkConfig(**state["network"])
+    net = build_network(dataclasses.replace(net_cfg, deep_supervision=False), plan.num_input_channels, plan.num_classes)
+    missing = net.load_state_dict(state["weights"], strict=False)
+    bad = [k for k in missing.missing_keys]
+    if bad:
+        raise ValueError(f"{path}: weights do not fit the network ({len(bad)} missing keys, e.g. {bad[:3]})")
+    return net.to(device).eval(), plan
+

@@ -1,0 +1,115 @@
+"""The contract between the training engine and a method.
+
+The engine owns the loop, learning-rate schedule, AMP, checkpoints, logging and progress. A method
+owns its networks and optimisers and implements the one thing that differs between algorithms:
+``training_step``. A batch is a dict of tensors:
+
+- ``image``  (B, C, Z, Y, X) float, labelled images (weak/teacher augmentation)
+- ``label``  (B, 1, Z, Y, X) long, their labels
+- ``u_image`` (Bu, C, Z, Y, X) float, unlabelled images; present only when ``needs_unlabelled``
+- ``u_image_strong`` optional second (stronger) view of the same unlabelled patches, if the method
+  asks for it with ``needs_strong_view``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepContext:
+    step: int  # 0-based optimiser step on the labelled stream
+    total_steps: int
+    device: torch.device
+
+    @property
+    def progress(self) -> float:
+        return self.step / max(1, self.total_steps)
+
+
+NetFactory = Callable[..., nn.Module]  # keyword overrides of NetworkConfig fields -> network
+
+
+class Method(nn.Module):
+    """Base class: subclasses register networks as attributes and optimisers in ``self.optimizers``."""
+
+    name: ClassVar[str] = "base"
+    needs_unlabelled: ClassVar[bool] = False
+    needs_strong_view: ClassVar[bool] = False
+
+    def __init__(self, make_net: NetFactory, num_classes: int, params: dict[str, Any], train_cfg: Any):
+        super().__init__()
+        self.num_classes = num_classes
+        self.params = dict(params)
+        self.cfg = train_cfg
+        self.make_net = make_net
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.scaler: torch.amp.GradScaler | None = None  # set by the engine on CUDA with AMP
+        self.autocast_dtype: torch.dtype | None = None
+
+    # -- helpers shared by every method -------------------------------------------------------
+    def sgd(self, module: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
+        """nnU-Net's optimiser: SGD, Nesterov momentum 0.99."""
+        return torch.optim.SGD(
+            module.parameters(),
+            lr=lr if lr is not None else self.cfg.lr,
+            momentum=self.cfg.momentum,
+            nesterov=True,
+            weight_decay=self.cfg.weight_decay,
+        )
+
+    def autocast(self, device: torch.device):
+        """Mixed precision where the engine enabled it (CUDA fp16), a no-op elsewhere."""
+        if self.autocast_dtype is None:
+            return torch.autocast(device_type=device.type, enabled=False)
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+    def optimize(self, loss: torch.Tensor, *names: str) -> None:
+        """Backward + clipped step of the named optimisers, through the AMP grad scaler if any."""
+        opts = [self.optimizers[n] for n in names]
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            for o in opts:
+                self.scaler.unscale_(o)
+        else:
+            loss.backward()
+        for o in opts:
+            params = [p for g in o.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+            if self.scaler is not None:
+                self.scaler.step(o)
+            else:
+                o.step()
+        if self.scaler is not None:
+            self.scaler.update()
+
+    # -- the contract -------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
+        raise NotImplementedError
+
+    def inference_network(self) -> nn.Module:
+        """The single network kept for prediction."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        """Non-tensor state that a checkpoint must carry (e.g. running averages)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def on_epoch_end(self, ctx: StepContext) -> None:
+        """Called every ``epoch_length`` steps (default 250, nnU-Net's epoch)."""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls

@@ -1,0 +1,105 @@
+"""V-Net and DLUNet's light U-Net: shapes, topology, parameter budget, MC-dropout behaviour."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from semiseg.config import NetworkConfig
+from semiseg.networks import build_network, main_output
+from semiseg.networks.light_unet import LightUNet, ResidualSeparableConv
+from semiseg.networks.vnet import VNet
+
+
+def _n_params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_light_unet_isotropic_shape():
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(arch="light_unet", features=[4, 8, 16, 32]), 1, 3)
+    assert isinstance(net, LightUNet)
+    out = net(torch.randn(1, 1, 16, 32, 32))
+    assert out.shape == (1, 3, 16, 32, 32)
+
+
+def test_light_unet_anisotropic_strides_and_kernels():
+    torch.manual_seed(0)
+    cfg = NetworkConfig(
+        arch="light_unet", features=[4, 8, 16], kernels=[[1, 3, 3], [3, 3, 3], [3, 3, 3]], strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2]]
+    )
+    net = build_network(cfg, 2, 3)
+    bottleneck = []
+    net.encoder[-1].register_forward_hook(lambda m, i, o: bottleneck.append(o.shape))
+    out = net(torch.randn(2, 2, 8, 32, 32))
+    assert out.shape == (2, 3, 8, 32, 32)
+    # z halved once (8 -> 4), y/x halved twice (32 -> 8)
+    assert bottleneck[0] == (2, 16, 4, 8, 8)
+
+
+def test_light_unet_uses_separable_residual_convs():
+    net = LightUNet(NetworkConfig(features=[4, 8, 16]), 1, 2)
+    layers = [m for m in net.modules() if isinstance(m, ResidualSeparableConv)]
+    assert len(layers) == 2 * 3 + 2 * 2  # two per encoder stage and per decoder stage
+    for layer in layers:
+        assert layer.depthwise.groups == layer.depthwise.in_channels
+        assert layer.pointwise.kernel_size == (1, 1, 1)
+    full_convs = [m for m in net.modules() if isinstance(m, nn.Conv3d) and m.groups == 1 < m.in_channels and m.kernel_size != (1, 1, 1)]
+    assert full_convs == []
+    # residual: with zeroed conv branches, an identity-shortcut layer passes act(x) through
+    same = layers[1]
+    assert isinstance(same.shortcut, nn.Identity)
+    nn.init.zeros_(same.pointwise.weight)
+    nn.init.zeros_(same.pointwise.bias)
+    x = torch.randn(1, 4, 2, 4, 4)
+    assert torch.allclose(same(x), nn.functional.leaky_relu(x, 0.01))
+
+
+def test_light_unet_much_smaller_than_unet():
+    features = [8, 16, 32, 64]
+    unet = build_network(NetworkConfig(arch="unet", features=features), 1, 3)
+    light = build_network(NetworkConfig(arch="light_unet", features=features), 1, 3)
+    assert _n_params(light) < _n_params(unet) / 3
+
+
+def test_light_unet_deep_supervision_convention():
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(arch="light_unet", features=[4, 8, 16, 32], deep_supervision=True), 1, 3)
+    x = torch.randn(1, 1, 16, 32, 32)
+    outs = net(x)
+    assert isinstance(outs, list) and len(outs) == 3  # main + 2 aux, as UNet with 4 stages
+    assert all(o.shape == (1, 3, 16, 32, 32) for o in outs)
+    net.eval()
+    with torch.no_grad():
+        assert torch.allclose(net(x), main_output(outs))
+
+
+def test_vnet_forward_shape_and_factory():
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(arch="vnet", features=[4]), 1, 2)
+    assert isinstance(net, VNet)
+    out = net(torch.randn(2, 1, 16, 32, 32))
+    assert out.shape == (2, 2, 16, 32, 32)
+    with pytest.raises(ValueError):
+        net(torch.randn(2, 1, 8, 32, 32))
+    with pytest.raises(ValueError):
+        build_network(NetworkConfig(arch="vnet", features=[4], deep_supervision=True), 1, 2)
+
+
+def test_vnet_size_matches_ssl4mis():
+    # the UA-MT / SSL4MIS V-Net (16 base filters, 1 input channel, 2 classes) has 9.44M parameters
+    net = build_network(NetworkConfig(arch="vnet", features=[16]), 1, 2)
+    assert abs(_n_params(net) - 9.44e6) / 9.44e6 < 0.01
+
+
+def test_vnet_mc_dropout_active_only_in_train_mode():
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 16, 16, 16)
+    net = build_network(NetworkConfig(arch="vnet", features=[4], dropout=0.5), 2, 3)
+    net.train()
+    assert not torch.allclose(net(x), net(x))
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x))
+    plain = build_network(NetworkConfig(arch="vnet", features=[4], dropout=0.0), 2, 3).train()
+    assert torch.allclose(plain(x), plain(x))
