@@ -49,7 +49,23 @@ class Run:
             cases.update({c: True for c in ds.labelled})
         if unlabelled:
             cases.update({c: False for c in ds.unlabelled})
+        self._check_cache_plan()
         preprocess_dataset(ds.root, self.source.get("split"), self.plan, cases, self.cache, workers, progress)
+
+    def _check_cache_plan(self) -> None:
+        """The cache is only valid for the preprocessing it was made with: if plan.json's spacing,
+        normalisation or labels changed since, the (derived, rebuildable) cache is emptied."""
+        p = self.plan
+        key = {"target_spacing": p.target_spacing, "normalization": p.normalization, "labels": p.labels}
+        stamp = self.cache / "preprocessing.json"
+        if stamp.is_file() and json.loads(stamp.read_text()) != key:
+            import shutil
+
+            print(f"{self.cache}: plan preprocessing changed; rebuilding the cache")
+            shutil.rmtree(self.cache)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        if not stamp.is_file():
+            atomic_write_json(stamp, key)
 
     def folds(self, k: int = 5, seed: int = 12345) -> list[dict[str, list[str]]]:
         """k-fold split of the labelled cases, created once and then read from splits_final.json."""

@@ -1,0 +1,85 @@
+"""End-to-end through the `semiseg` command: demo on the embedded sample, and the full
+validate -> plan -> train -> predict -> evaluate chain on ChaosT2 when ../shared/data is present."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from semiseg.cli import main
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TINY_PLAN = ["--max-patch-voxels", str(16 * 48 * 48), "--base-features", "4", "--max-features", "16"]
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    assert main(["--quiet", "demo", "--out", str(out), "--iterations", "3"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["foreground_mean"]) >= {"DSC", "NSD", "HD95"}
+    report = out / "report"
+    assert (report / "README.md").is_file() and (report / "training_curve.png").is_file()
+    assert len(list(report.glob("chaos_*.png"))) == 3
+    assert "liver" in (report / "README.md").read_text()
+    # the unlabelled cases of the sample ship without labels
+    assert not list((Path(__file__).resolve().parents[1] / "semiseg/resources/chaos_sample/labelsTr").glob("chaos_004*"))
+
+
+def test_validate_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from semiseg.demo import sample_dataset
+
+    assert main(["--quiet", "validate", str(sample_dataset())]) == 0
+    assert "OK" in capsys.readouterr().out
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "dataset.json").write_text("{not json")
+    assert main(["--quiet", "validate", str(bad)]) == 2
+    assert "dataset.json" in capsys.readouterr().err
+
+
+def test_predict_rejects_corrupt_input_naming_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from semiseg.demo import sample_dataset
+
+    run = tmp_path / "run"
+    assert main(["--quiet", "plan", str(sample_dataset()), "--out", str(run), *TINY_PLAN]) == 0
+    assert main(["--quiet", "train", str(run), "--fold", "all", "--iterations", "2"]) == 0
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "broken_0000.nii.gz").write_bytes(b"\x1f\x8b\x08garbage")
+    out = tmp_path / "out"
+    assert main(["--quiet", "predict", "--model", str(run / "supervised" / "fold_all"), "--input", str(inp), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "broken_0000.nii.gz" in err
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # nothing half-written
+
+
+@pytest.mark.skipif(not (SHARED / "ChaosT2" / "dataset.json").is_file(), reason="../shared/data/ChaosT2 not present")
+def test_chaos_end_to_end_via_cli(tmp_path: Path) -> None:
+    ds = SHARED / "ChaosT2"
+    split = json.loads((ds / "splits_semisupervised.json").read_text())
+    run = tmp_path / "run"
+    assert main(["--quiet", "plan", str(ds), "--out", str(run), "--spacing", "7.7", "5", "5", *TINY_PLAN]) == 0
+    assert main(["--quiet", "train", str(run), "--fold", "all", "--iterations", "3"]) == 0
+    cache = run / "cache"
+    assert sorted(p.stem for p in cache.glob("*_seg.npy")) == [f"{c}_seg" for c in split["labelled"]]
+    inp, pred, ref = tmp_path / "test_images", tmp_path / "pred", tmp_path / "ref"
+    inp.mkdir(), ref.mkdir()
+    for c in split["test"][:2]:
+        (inp / f"{c}_0000.nii.gz").symlink_to(ds / "imagesTr" / f"{c}_0000.nii.gz")
+        (ref / f"{c}.nii.gz").symlink_to(ds / "labelsTr" / f"{c}.nii.gz")
+    assert main(["--quiet", "predict", "--model", str(run / "supervised" / "fold_all"), "--input", str(inp), "--output", str(pred), "--step", "0.9"]) == 0
+    for c in split["test"][:2]:
+        a = sitk.ReadImage(str(ds / "imagesTr" / f"{c}_0000.nii.gz"))
+        b = sitk.ReadImage(str(pred / f"{c}.nii.gz"))
+        assert a.GetSize() == b.GetSize()
+        assert np.allclose(a.GetSpacing(), b.GetSpacing()) and np.allclose(a.GetOrigin(), b.GetOrigin())
+        assert np.allclose(a.GetDirection(), b.GetDirection())
+        assert set(np.unique(sitk.GetArrayFromImage(b))) <= {0, 1, 2, 3, 4}
+    out = tmp_path / "metrics.json"
+    assert main(["--quiet", "evaluate", "--pred", str(pred), "--ref", str(ref), "--dataset", str(ds), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["mean"]) == {"liver", "right_kidney", "left_kidney", "spleen"}
+    assert out.with_suffix(".csv").is_file()
