@@ -83,3 +83,21 @@ def test_chaos_end_to_end_via_cli(tmp_path: Path) -> None:
     res = json.loads(out.read_text())
     assert set(res["mean"]) == {"liver", "right_kidney", "left_kidney", "spleen"}
     assert out.with_suffix(".csv").is_file()
+
+
+@pytest.mark.parametrize("method", ["dlunet", "cps", "mean-teacher"])
+def test_semi_supervised_method_trains_and_predicts(tmp_path: Path, method: str) -> None:
+    """Every kept network can be reloaded for prediction (DLUNet keeps a light U-Net, not the plan's)."""
+    from semiseg.demo import sample_dataset
+
+    run = tmp_path / "run"
+    assert main(["--quiet", "plan", str(sample_dataset()), "--out", str(run), *TINY_PLAN]) == 0
+    assert main(["--quiet", "train", str(run), "--method", method, "--iterations", "2"]) == 0
+    cache = run / "cache"
+    assert not (cache / "chaos_004_seg.npy").exists()  # unlabelled images cached without labels
+    assert (cache / "chaos_004.npy").is_file()
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "chaos_014_0000.nii.gz").symlink_to(sample_dataset() / "imagesTs" / "chaos_014_0000.nii.gz")
+    assert main(["--quiet", "predict", "--model", str(run / method / "fold_all"), "--input", str(inp), "--output", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "chaos_014.nii.gz").is_file()

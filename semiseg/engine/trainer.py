@@ -169,8 +169,8 @@ def train(
 
 def _inference_net_cfg(plan: Plan, method: Method):
     """The NetworkConfig of the kept network (a method may keep a different arch, e.g. DLUNet's light net)."""
-    cfg = getattr(method, "inference_network_config", None)
-    return cfg if cfg is not None else plan.network
+    overrides = getattr(method, "inference_network_overrides", None) or {}
+    return dataclasses.replace(plan.network, **overrides)
 
 
 def plot_curve(history: list[dict[str, float]], path: Path) -> None:
