@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 EPOCH = 250  # iterations per epoch, as nnU-Net
+# subcommands that live beside their stage's code: each module has register_cli(subparsers)
+PLUGINS = ("semiseg.selftrain.cli", "semiseg.inference.cli", "semiseg.benchmark.cli")
 
 
 def _parse_value(text: str) -> Any:
@@ -251,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_output")
     p.add_argument("--iterations", type=int, default=None)
     p.set_defaults(func=cmd_demo)
+    for mod in PLUGINS:
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            continue
+        module.register_cli(sub)
     return ap
 
 
