@@ -105,9 +105,12 @@ def write_segmentation(seg: np.ndarray, geometry: Geometry, path: str | Path) ->
     if tuple(seg.shape) != tuple(geometry.shape_zyx):
         raise ValueError(f"{path}: segmentation shape {seg.shape} does not match geometry {geometry.shape_zyx}")
     dtype = np.uint8 if seg.max(initial=0) < 256 else np.uint16
-    img = geometry.apply_to(sitk.GetImageFromArray(seg.astype(dtype)))
-    suffix = "".join(path.suffixes) or ".nii.gz"
-    tmp = _tmp_in(path, suffix)
+    _write_sitk_atomic(geometry.apply_to(sitk.GetImageFromArray(seg.astype(dtype))), path)
+
+
+def _write_sitk_atomic(img: sitk.Image, path: Path) -> None:
+    """Write to a temporary name beside the target, then rename: a crash never leaves half a file."""
+    tmp = _tmp_in(path, "".join(path.suffixes) or ".nii.gz")
     try:
         sitk.WriteImage(img, tmp, True)
         os.replace(tmp, path)
@@ -118,15 +121,7 @@ def write_segmentation(seg: np.ndarray, geometry: Geometry, path: str | Path) ->
 
 def write_image(arr: np.ndarray, geometry: Geometry, path: str | Path) -> None:
     """Write a scalar image with the given geometry, atomically."""
-    path = Path(path)
-    img = geometry.apply_to(sitk.GetImageFromArray(arr))
-    tmp = _tmp_in(path, "".join(path.suffixes) or ".nii.gz")
-    try:
-        sitk.WriteImage(img, tmp, True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _write_sitk_atomic(geometry.apply_to(sitk.GetImageFromArray(arr)), Path(path))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
