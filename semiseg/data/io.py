@@ -16,6 +16,10 @@ import numpy as np
 import SimpleITK as sitk
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class ImageError(ValueError):
     """A specific problem with one file; the message names the file."""
 
@@ -96,6 +100,7 @@ def _tmp_in(path: Path, suffix: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should get the usual permissions
     return tmp
 
 
