@@ -94,12 +94,21 @@ def apply_overrides(obj: T, overrides: dict[str, Any]) -> T:
     for key, value in overrides.items():
         target: Any = obj
         parts = key.split(".")
-        for p in parts[:-1]:
-            sub = getattr(target, p)
-            sub = dataclasses.replace(sub) if dataclasses.is_dataclass(sub) else sub
-            setattr(target, p, sub)
-            target = sub
-        if not hasattr(target, parts[-1]):
-            raise KeyError(f"unknown configuration field '{key}'")
-        setattr(target, parts[-1], value)
+        for i, p in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(target, dict):  # free-form options such as method_params.cps_weight
+                if last:
+                    target[p] = value
+                else:
+                    target = target.setdefault(p, {})
+                continue
+            if not dataclasses.is_dataclass(target) or p not in {f.name for f in dataclasses.fields(target)}:
+                raise KeyError(f"unknown configuration field '{key}' (no '{p}' in {type(target).__name__})")
+            if last:
+                setattr(target, p, value)
+            else:
+                sub = getattr(target, p)
+                sub = dataclasses.replace(sub) if dataclasses.is_dataclass(sub) else dict(sub) if isinstance(sub, dict) else sub
+                setattr(target, p, sub)
+                target = sub
     return obj

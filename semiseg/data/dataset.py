@@ -36,6 +36,7 @@ class RawDataset:
     unlabelled: list[str]
     test: list[str]
     image_dirs: dict[str, Path] = field(default_factory=dict)  # case -> folder holding its images
+    split_source: str = "split"  # where the split came from (a file path), for error messages
 
     @classmethod
     def open(cls, root: str | Path, split: str | Path | dict[str, list[str]] | None = None) -> "RawDataset":
@@ -55,21 +56,24 @@ class RawDataset:
         for sub in ("imagesTr", "imagesUnlabelled", "imagesTs"):
             for case in _cases_in(root / sub, ending):
                 found.setdefault(case, root / sub)
+        source = "split (given as a dict)"
         if isinstance(split, dict):
             sp = split
         elif split is not None or (root / SPLIT_FILE).is_file():
             split_path = Path(split) if split is not None else root / SPLIT_FILE
             try:
                 sp = json.loads(split_path.read_text())
+                source = str(split_path)
             except (OSError, json.JSONDecodeError) as e:
                 raise ValueError(f"{split_path}: cannot read split file: {e}") from None
         else:
+            source = f"split derived from the folders of {root}"
             sp = {
                 "labelled": [c for c, d in found.items() if d.name == "imagesTr" and (root / "labelsTr" / f"{c}{ending}").is_file()],
                 "unlabelled": [c for c, d in found.items() if d.name == "imagesUnlabelled"],
                 "test": [c for c, d in found.items() if d.name == "imagesTs"],
             }
-        ds = cls(root, meta, list(sp.get("labelled", [])), list(sp.get("unlabelled", [])), list(sp.get("test", [])), found)
+        ds = cls(root, meta, list(sp.get("labelled", [])), list(sp.get("unlabelled", [])), list(sp.get("test", [])), found, source)
         return ds
 
     # -- facts ---------------------------------------------------------------------------------

@@ -60,7 +60,8 @@ class Geometry:
         for name in ("spacing_xyz", "origin_xyz", "direction"):
             a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
             if not np.allclose(a, b, atol=tol, rtol=tol):
-                return f"{name.split('_')[0]} {tuple(np.round(a, 4))} vs {tuple(np.round(b, 4))}"
+                fa, fb = (tuple(float(v) for v in np.round(x, 4)) for x in (a, b))
+                return f"{name.split('_')[0]} {fa} vs {fb}"
         return None
 
     def apply_to(self, img: sitk.Image) -> sitk.Image:
@@ -70,6 +71,18 @@ class Geometry:
         return img
 
 
+def _check_header(path: Path, dim: int, components: int) -> None:
+    if dim != 3:
+        raise ImageError(f"{path}: expected a 3D image, got {dim}D")
+    if components != 1:
+        raise ImageError(f"{path}: expected a scalar image, got {components} components per voxel")
+
+
+def _reader_error(path: Path, e: Exception) -> ImageError:
+    first = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
+    return ImageError(f"{path}: cannot read image (corrupt or truncated file?): {first}")
+
+
 def read_image(path: str | Path) -> sitk.Image:
     """Read an image, turning any reader failure into an ImageError naming the file."""
     path = Path(path)
@@ -77,17 +90,51 @@ def read_image(path: str | Path) -> sitk.Image:
         raise ImageError(f"{path}: file not found")
     try:
         img = sitk.ReadImage(str(path))
-    except RuntimeError as e:  # SimpleITK raises RuntimeError for corrupt/truncated files
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
-        raise ImageError(f"{path}: cannot read image (corrupt or truncated file?): {first}") from None
-    if img.GetDimension() != 3:
-        raise ImageError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise ImageError(f"{path}: expected a scalar image, got {img.GetNumberOfComponentsPerPixel()} components per voxel")
+    except RuntimeError as e:  # SimpleITK raises RuntimeError for corrupt files
+        raise _reader_error(path, e) from None
+    _check_header(path, img.GetDimension(), img.GetNumberOfComponentsPerPixel())
     return img
 
 
+def _is_nifti(path: Path) -> bool:
+    return path.name.endswith((".nii", ".nii.gz"))
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
+    """NIfTI voxels through nibabel, geometry through SimpleITK's header reader.
+
+    Why: SimpleITK zero-fills a .nii.gz truncated inside its voxel data and turns NaN/Inf into 0, so
+    corrupt files and NaNs would pass unnoticed; nibabel raises on the first and keeps the second.
+    nibabel's array is (x, y, z), the transpose of SimpleITK's (z, y, x) view of the same bytes."""
+    import nibabel as nib
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise _reader_error(path, e) from None
+    _check_header(path, reader.GetDimension(), reader.GetNumberOfComponents())
+    try:
+        arr = np.asanyarray(nib.load(str(path)).dataobj)
+    except Exception as e:  # nibabel raises EOFError, zlib/gzip errors, ValueError... for bad data
+        raise ImageError(f"{path}: cannot read voxel data (corrupt or truncated file?): {type(e).__name__}: {e}") from None
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    size = tuple(int(v) for v in reader.GetSize())
+    if arr.shape != size:
+        raise ImageError(f"{path}: voxel array {arr.shape} does not match header size {size}")
+    geo = Geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), tuple(reversed(size)))
+    return np.ascontiguousarray(arr.T), geo
+
+
 def read_array(path: str | Path) -> tuple[np.ndarray, Geometry]:
+    """(z, y, x) voxels and geometry; any unreadable, truncated or non-3D file is an ImageError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: file not found")
+    if _is_nifti(path):
+        return _read_nifti(path)
     img = read_image(path)
     try:
         arr = sitk.GetArrayFromImage(img)

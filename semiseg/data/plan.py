@@ -108,7 +108,7 @@ def patch_size(median_shape: list[int], spacing: list[float], max_voxels: int) -
     # initial: isotropic in mm with the budget's volume, capped by the median shape
     side_mm = (max_voxels * np.prod(sp)) ** (1 / 3)
     patch = np.minimum(np.maximum(np.round(side_mm / sp), 8), median)
-    while np.prod(patch) > max_voxels:
+    while np.prod(patch) > max_voxels and (patch > 8).any():
         mm = patch * sp
         ax = int(np.argmax(np.where(patch > 8, mm, -1)))
         patch[ax] = max(8, math.floor(patch[ax] * 0.9))

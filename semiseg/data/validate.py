@@ -18,12 +18,12 @@ def validate_dataset(ds: RawDataset, progress: bool = True) -> list[str]:
     for name, cases in split_lists.items():
         for case, n in Counter(cases).items():
             if n > 1:
-                problems.append(f"split: case '{case}' is listed {n} times in '{name}'")
+                problems.append(f"{ds.split_source}: case '{case}' is listed {n} times in '{name}'")
     seen: dict[str, str] = {}
     for name, cases in split_lists.items():
         for case in dict.fromkeys(cases):
             if case in seen:
-                problems.append(f"split: case '{case}' is both {seen[case]} and {name}")
+                problems.append(f"{ds.split_source}: case '{case}' is both {seen[case]} and {name}")
             else:
                 seen[case] = name
     declared = set(ds.labels.values())

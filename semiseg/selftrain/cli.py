@@ -1,0 +1,62 @@
+"""``semiseg selftrain RUN --method uncertainty|unfiltered|noisy-student``: a thin layer over
+:func:`semiseg.selftrain.pipeline.run_selftrain`. ``semiseg.cli`` calls :func:`register_cli`."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from semiseg.selftrain.pipeline import METHODS, SelfTrainConfig
+from semiseg.selftrain.uncertainty import SelectionConfig
+
+_DEFAULT = SelfTrainConfig()
+
+
+def register_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``selftrain`` subcommand to an ``argparse`` subparsers object (sets ``func``)."""
+    p = subparsers.add_parser("selftrain", help="offline self-training: uncertainty-guided rounds, unfiltered, noisy student")
+    p.add_argument("run", help="run folder (from `semiseg plan`)")
+    p.add_argument("--method", default=_DEFAULT.method, choices=METHODS)
+    p.add_argument("--rounds", type=int, default=_DEFAULT.rounds, help="ensemble rounds before the final model (1 = single-round ablation)")
+    p.add_argument("--k", type=int, default=_DEFAULT.k, help="fold models per ensemble")
+    p.add_argument("--iterations", type=int, default=_DEFAULT.iterations, help="optimiser steps per model")
+    p.add_argument("--threshold", type=float, default=_DEFAULT.selection.threshold, help="keep a case when its score >= this")
+    p.add_argument("--reduce-pairs", default=_DEFAULT.selection.pair_reduction, choices=["mean", "min"])
+    p.add_argument("--reduce-classes", default=_DEFAULT.selection.class_reduction, choices=["mean", "min"])
+    p.add_argument("--student-width", type=float, default=_DEFAULT.student_width, choices=[1.0, 0.5])
+    p.add_argument("--student-iterations", type=int, default=None, help="noisy student (default: --iterations)")
+    p.add_argument("--finetune-iterations", type=int, default=_DEFAULT.finetune_iterations)
+    p.add_argument("--seed", type=int, default=_DEFAULT.seed)
+    p.add_argument("--step", type=float, default=_DEFAULT.predict_step, help="sliding-window step when pseudo-labelling")
+    p.add_argument("--no-quality", action="store_true", help="skip the pseudo-label quality report against hidden labels")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_selftrain)
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> SelfTrainConfig:
+    sel = SelectionConfig(threshold=a.threshold, pair_reduction=a.reduce_pairs, class_reduction=a.reduce_classes)
+    return SelfTrainConfig(method=a.method, rounds=a.rounds, k=a.k, iterations=a.iterations, selection=sel,
+                           student_width=a.student_width, student_iterations=a.student_iterations,
+                           finetune_iterations=a.finetune_iterations, seed=a.seed, predict_step=a.step,
+                           evaluate_quality=not a.no_quality)
+
+
+def cmd_selftrain(a: argparse.Namespace) -> int:
+    from semiseg.run import Run
+    from semiseg.selftrain.pipeline import run_selftrain, selftrain_dir
+
+    run = Run(Path(a.run))
+    cfg = config_from_args(a)
+    t0 = time.time()
+    final = run_selftrain(run, cfg, device=a.device, progress=not getattr(a, "quiet", False))
+    summary = json.loads((selftrain_dir(run, cfg.method) / "summary.json").read_text())
+    for r in summary["rounds"]:
+        q = r.get("quality", {})
+        extra = "".join(f", {name} {q[key]:.3f}" for key, name in (("mean_dice", "pseudo-label Dice"), ("spearman_rho", "Spearman rho"))
+                        if q.get(key) is not None)
+        print(f"{r['folder']}: {r['n_selected']}/{r['n_unlabelled']} selected, mean score {r['mean_score']:.3f}{extra}")
+    print(f"{final} ({time.time() - t0:.0f} s)")
+    return 0

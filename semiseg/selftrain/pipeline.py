@@ -1,0 +1,446 @@
+"""Offline self-training: fold ensembles -> pseudo-labels -> pairwise-Dice selection -> next round.
+
+Methods (``SelfTrainConfig.method``):
+
+- ``uncertainty`` (Alves & de Wilde, FLARE22): round 0 trains k fold models on the labelled cases;
+  each round predicts the unlabelled cases, keeps the softmax-averaged ensemble label as pseudo-label,
+  scores each case by the pairwise Dice of the k hard masks, and selects the confident ones; round
+  r > 0 trains on labelled + the cases selected in round r - 1. ``final/`` is one model trained on
+  the labelled cases and the last round's selection. ``rounds=1`` is the paper's single-round ablation.
+- ``unfiltered``: the same with every case selected (Table 3, "unfiltered").
+- ``noisy-student`` (Kalisch et al., FLARE22): a teacher fold ensemble labels every unlabelled case;
+  a student (same or half width) learns from batches of 1 labelled : 3 pseudo-labelled patches with
+  the stronger ``student`` augmentation, then is fine-tuned on the labelled cases only.
+
+Layout (every step resumable: finished models and per-case pseudo-labels are never redone)::
+
+    RUN/selftrain_<method>/selftrain.json        the SelfTrainConfig
+    RUN/selftrain_<method>/round_<r>/fold_<f>/   fold models (noisy student: teacher/fold_<f>/)
+                           round_<r>/pseudo/     pseudo-label cache, same space as RUN/cache
+                           round_<r>/uncertainty.csv, selected.json, uncertainty.png
+                           round_<r>/quality.json, quality.png   (evaluation only, hidden labels)
+    RUN/selftrain_<method>/final/                the single final model (noisy student: student/, finetune/)
+    RUN/selftrain_<method>/summary.json
+
+Labels of unlabelled cases are never read for training or selection: the cache holds none for them,
+and :func:`evaluate_pseudo_labels` (the only reader, for the quality report) writes nothing that
+training or selection reads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from semiseg.config import Plan, TrainConfig, apply_overrides
+from semiseg.data.io import atomic_save_npy, atomic_write_json, read_array
+from semiseg.data.preprocess import class_locations, preprocess_array
+from semiseg.engine.trainer import DataSpec, train
+from semiseg.inference.predictor import Predictor, PredictorConfig
+from semiseg.run import Run
+from semiseg.selftrain.selection_report import plot_quality_scatter, plot_uncertainty, pseudo_label_quality
+from semiseg.selftrain.uncertainty import (
+    PairwiseDiceAccumulator,
+    SelectionConfig,
+    pairwise_dice_matrix,
+    select_cases,
+    uncertainty_score,
+    write_uncertainty_csv,
+)
+
+METHODS = ("uncertainty", "unfiltered", "noisy-student")
+NOISY_STUDENT_RATIO = 3  # pseudo-labelled patches per labelled patch in a student batch (paper)
+CONFIG_FILE = "selftrain.json"
+MANIFEST_FILE = "selftrain_inputs.json"
+# fields that may change between a run and its resumption without invalidating finished work
+_RESUMABLE_CHANGES = ("rounds", "evaluate_quality", "save_model_masks")
+
+
+@dataclass
+class SelfTrainConfig:
+    """What a self-training run does; saved to RUN/selftrain_<method>/selftrain.json."""
+
+    method: str = "uncertainty"  # uncertainty | unfiltered | noisy-student
+    rounds: int = 4  # ensemble rounds before the final model (paper: iterations 0-3, then 4 = final)
+    k: int = 5  # fold models per ensemble
+    iterations: int = 1000  # optimiser steps per fold model and per final model
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    student_width: float = 1.0  # noisy student: 1.0 same width as the teacher, 0.5 half
+    student_iterations: int | None = None  # None = ``iterations``
+    finetune_iterations: int = 250
+    finetune_augmentation: str = "teacher"
+    pseudo_per_labelled: int | None = None  # None: pooled (uncertainty/unfiltered), 3 (noisy student)
+    batch_size: int | None = None  # None = the plan's batch size
+    seed: int = 0
+    predict_step: float = 0.5  # sliding-window step when pseudo-labelling
+    evaluate_quality: bool = True  # pseudo-label Dice vs hidden labels where they exist (evaluation only)
+    save_model_masks: bool = False  # also write each fold model's hard mask (pseudo/model_masks/)
+    train_overrides: dict[str, Any] = field(default_factory=dict)  # other TrainConfig fields, e.g. lr
+
+    def __post_init__(self) -> None:
+        if isinstance(self.selection, dict):
+            self.selection = SelectionConfig(**self.selection)
+        if self.method not in METHODS:
+            raise ValueError(f"self-training method must be one of {METHODS}, got {self.method!r}")
+        if self.k < 2:
+            raise ValueError(f"k must be >= 2 (pairwise Dice needs two models), got {self.k}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if not 0 < self.student_width <= 1:
+            raise ValueError(f"student_width must be in (0, 1], got {self.student_width}")
+        if self.pseudo_per_labelled is not None and self.pseudo_per_labelled < 0:
+            raise ValueError(f"pseudo_per_labelled must be >= 0, got {self.pseudo_per_labelled}")
+
+    @property
+    def effective_selection(self) -> SelectionConfig:
+        """Only ``uncertainty`` filters; the others keep every case (scores are still reported)."""
+        return dataclasses.replace(self.selection, enabled=self.method == "uncertainty")
+
+    @property
+    def ratio(self) -> int:
+        """Pseudo per labelled patch in a batch; 0 = pool both sets and sample cases uniformly."""
+        if self.pseudo_per_labelled is not None:
+            return self.pseudo_per_labelled
+        return NOISY_STUDENT_RATIO if self.method == "noisy-student" else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SelfTrainConfig":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass
+class RoundResult:
+    """What one ensemble round leaves for the next: where its pseudo-labels are and which to use."""
+
+    folder: Path
+    pseudo_dir: Path
+    scores: dict[str, float]
+    selected: list[str]
+
+
+# -- small helpers --------------------------------------------------------------------------------
+def selftrain_dir(run: Run, method: str) -> Path:
+    return run.root / f"selftrain_{method}"
+
+
+def foreground_classes(plan: Plan) -> tuple[list[int], list[str]]:
+    """Scored class ids and names (background excluded), in label order."""
+    items = sorted((v, k) for k, v in plan.labels.items() if v != 0)
+    return [v for v, _ in items], [k for _, k in items]
+
+
+def _note(msg: str, progress: bool) -> None:
+    if progress:
+        tqdm.write(f"[selftrain] {msg}")
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf (an undefined correlation, an empty group's mean) as null: strict JSON readers refuse NaN."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard link (no extra disk), or copy across file systems; an existing target is kept."""
+    if dst.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _link_cached_case(src: Path, dst: Path, case: str, with_label: bool) -> None:
+    """A cache entry in another cache folder; the JSON goes last because it marks the case complete."""
+    names = [f"{case}.npy"] + ([f"{case}_seg.npy"] if with_label else []) + [f"{case}.json"]
+    for n in names:
+        link_or_copy(src / n, dst / n)
+
+
+def scaled_width(plan: Plan, width: float) -> Plan:
+    """The plan with every stage's feature count scaled (0.5 = the half-width student)."""
+    if width == 1.0:
+        return plan
+    feats = [max(1, int(round(f * width))) for f in plan.network.features]
+    return dataclasses.replace(plan, network=dataclasses.replace(plan.network, features=feats))
+
+
+def train_config(plan: Plan, cfg: SelfTrainConfig, **changes: Any) -> TrainConfig:
+    """The supervised TrainConfig every self-training model starts from, plus per-stage changes."""
+    base = TrainConfig(method="supervised", iterations=cfg.iterations, seed=cfg.seed,
+                       batch_size=cfg.batch_size or plan.batch_size, augmentation="teacher")
+    base = apply_overrides(base, cfg.train_overrides)
+    return dataclasses.replace(base, **changes)
+
+
+def _check_resumable(folder: Path, cfg: SelfTrainConfig) -> None:
+    """Refuse to resume a folder made with a different configuration (finished work would mix)."""
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    new = json.loads(json.dumps(cfg.to_dict()))
+    diff = sorted(k for k in set(old) | set(new) if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    if diff:
+        raise ValueError(f"{path}: this folder was made with a different configuration ({', '.join(diff)} differ); "
+                         "use the same settings to resume, or remove the folder to start over")
+
+
+# -- training -------------------------------------------------------------------------------------
+def training_spec(run: Run, labelled: list[str], pseudo_dir: Path | None, pseudo: list[str], ratio: int, pool_dir: Path) -> DataSpec:
+    """Data for one model. ``ratio`` > 0 mixes each batch 1 : ratio (noisy student); 0 pools the
+    labelled and pseudo-labelled cases into one set sampled uniformly (the self-learning paper),
+    through a folder of hard links to both caches."""
+    if not pseudo:
+        return DataSpec(run.cache, list(labelled))
+    assert pseudo_dir is not None
+    overlap = set(labelled) & set(pseudo)
+    if overlap:
+        raise ValueError(f"cases both labelled and pseudo-labelled: {sorted(overlap)}")
+    if ratio > 0:
+        return DataSpec(run.cache, list(labelled), pseudo_cache=pseudo_dir, pseudo=list(pseudo), pseudo_per_labelled=ratio)
+    for c in labelled:
+        _link_cached_case(run.cache, pool_dir, c, with_label=True)
+    for c in pseudo:
+        _link_cached_case(pseudo_dir, pool_dir, c, with_label=True)
+    return DataSpec(pool_dir, sorted(labelled) + sorted(pseudo))
+
+
+def train_model(plan: Plan, tc: TrainConfig, spec: DataSpec, out: Path, device: str | None = None,
+                progress: bool = True, init_weights: Path | None = None) -> Path:
+    """``train`` with a manifest of its inputs, so a finished model is reused only for the same inputs."""
+    def rel(p: Path | None) -> str | None:  # relative, so a moved run folder still resumes
+        return os.path.relpath(p, out) if p is not None else None
+
+    manifest = {"cache": rel(spec.cache), "labelled": spec.labelled, "pseudo_cache": rel(spec.pseudo_cache), "pseudo": spec.pseudo,
+                "pseudo_per_labelled": spec.pseudo_per_labelled, "train_config": dataclasses.asdict(tc),
+                "features": plan.network.features, "init_weights": rel(init_weights)}
+    path = out / MANIFEST_FILE
+    if path.is_file() and json.loads(path.read_text()) != json.loads(json.dumps(manifest)):
+        raise ValueError(f"{out}: holds a model trained on other inputs than now requested; remove the folder to retrain it")
+    atomic_write_json(path, manifest)
+    return train(plan, tc, spec, out, resume=True, device=device, progress=progress, init_weights=init_weights)
+
+
+def train_ensemble(run: Run, plan: Plan, cfg: SelfTrainConfig, folder: Path, prev: RoundResult | None,
+                   device: str | None = None, progress: bool = True) -> list[Path]:
+    """k fold models on the folds' labelled training cases plus every case selected in ``prev``."""
+    pseudo_dir, pseudo = (prev.pseudo_dir, prev.selected) if prev else (None, [])
+    models = []
+    for f, split in enumerate(run.folds(cfg.k)):
+        spec = training_spec(run, split["train"], pseudo_dir, pseudo, cfg.ratio, folder / "train_cache")
+        tc = train_config(plan, cfg, seed=cfg.seed + f)
+        _note(f"{folder.name} fold {f}/{cfg.k}: {len(split['train'])} labelled + {len(pseudo)} pseudo-labelled", progress)
+        models.append(train_model(plan, tc, spec, folder / f"fold_{f}", device, progress))
+    return models
+
+
+# -- pseudo-labels ----------------------------------------------------------------------------------
+def pseudo_label_case(predictor: Predictor, cache: Path, case: str, out: Path, save_model_masks: bool = False) -> np.ndarray:
+    """Ensemble pseudo-label of one cached case into ``out`` (a cache folder); returns its pairwise-Dice
+    matrix. Each model's hard mask goes to the accumulator as soon as it is made (no stacked softmax)."""
+    class_ids, _ = foreground_classes(predictor.plan)
+    acc = PairwiseDiceAccumulator(class_ids)
+
+    def each_model(i: int, probs: torch.Tensor) -> None:
+        mask = probs.argmax(0).to(torch.int16).cpu().numpy()
+        acc.add(mask)
+        if save_model_masks:
+            atomic_save_npy(out / "model_masks" / f"{case}_model{i}.npy", mask.astype(np.uint8))
+
+    mean = predictor.predict_preprocessed(np.load(cache / f"{case}.npy"), each_model=each_model)
+    seg = mean.argmax(0).to(torch.int16).cpu().numpy()
+    matrix = acc.matrix()
+    props = json.loads((cache / f"{case}.json").read_text())
+    props.update(labelled=True, pseudo=True, class_locations=class_locations(seg, sorted(predictor.plan.labels.values())),
+                 pairwise_dice=matrix.tolist(), num_models=len(predictor.networks))
+    link_or_copy(cache / f"{case}.npy", out / f"{case}.npy")
+    atomic_save_npy(out / f"{case}_seg.npy", seg)
+    atomic_write_json(out / f"{case}.json", props)  # last: marks the case complete
+    return matrix
+
+
+def _finished_matrix(out: Path, case: str) -> np.ndarray | None:
+    pj = out / f"{case}.json"
+    if not (pj.is_file() and (out / f"{case}_seg.npy").is_file() and (out / f"{case}.npy").is_file()):
+        return None
+    return np.asarray(json.loads(pj.read_text())["pairwise_dice"], dtype=np.float64)
+
+
+def pseudo_label(run: Run, models: Sequence[Path], cases: Sequence[str], out: Path, cfg: SelfTrainConfig,
+                 device: str | None = None, progress: bool = True) -> dict[str, np.ndarray]:
+    """Pseudo-label ``cases`` from RUN/cache into the cache folder ``out``; resumable per case.
+    Returns each case's (n_classes, n_pairs) pairwise-Dice matrix."""
+    out.mkdir(parents=True, exist_ok=True)
+    predictor: Predictor | None = None
+    matrices: dict[str, np.ndarray] = {}
+    for case in tqdm(cases, desc=f"pseudo-label {out.parent.name}", unit="case", disable=not progress):
+        m = _finished_matrix(out, case)
+        if m is None:
+            if predictor is None:  # loading models costs time; skip it when every case is done
+                predictor = Predictor(list(models), PredictorConfig(step=cfg.predict_step, device=device or "auto"))
+            m = pseudo_label_case(predictor, run.cache, case, out, cfg.save_model_masks)
+        matrices[case] = m
+    return matrices
+
+
+# -- selection ----------------------------------------------------------------------------------------
+def score_cases(matrices: dict[str, np.ndarray], sel: SelectionConfig) -> tuple[dict[str, float], list[str]]:
+    """Scores and selected cases: a pure function of the matrices and the selection config."""
+    scores = {c: uncertainty_score(m, sel) for c, m in matrices.items()}
+    return scores, select_cases(scores, sel)
+
+
+def write_selection(folder: Path, matrices: dict[str, np.ndarray], class_names: list[str], sel: SelectionConfig) -> tuple[dict[str, float], list[str]]:
+    """uncertainty.csv, selected.json and the ranking/histogram plot of one round."""
+    scores, selected = score_cases(matrices, sel)
+    write_uncertainty_csv(folder / "uncertainty.csv", matrices, class_names, sel)
+    atomic_write_json(folder / "selected.json", {"selected": selected, "n_selected": len(selected), "n_cases": len(scores),
+                                                 "selection": dataclasses.asdict(sel)})
+    plot_uncertainty(scores, sel, folder / "uncertainty.png")
+    return scores, selected
+
+
+# -- evaluation only ------------------------------------------------------------------------------------
+def _truth_in_cache_space(run: Run, plan: Plan, case: str, truth_dir: Path) -> np.ndarray:
+    """EVALUATION ONLY: the hidden label of an unlabelled case, preprocessed onto its cache grid.
+    Kept in ``truth_dir``, a folder no training or selection step reads."""
+    path = truth_dir / f"{case}_seg.npy"
+    if path.is_file():
+        return np.load(path)
+    ds = run.dataset()
+    image, _, geo = ds.load_case(case, with_label=False)
+    truth, _ = read_array(ds.reference_label_path(case))
+    _, lab, _ = preprocess_array(image, geo, plan, truth.astype(np.int16))
+    assert lab is not None
+    atomic_save_npy(path, lab.astype(np.int16))
+    return lab
+
+
+def evaluate_pseudo_labels(run: Run, pseudo_dir: Path, scores: dict[str, float], sel: SelectionConfig, folder: Path,
+                           truth_dir: Path, progress: bool = True) -> dict[str, Any] | None:
+    """EVALUATION ONLY (never used to select or train): each pseudo-label's mean foreground Dice against
+    the hidden label where one exists, and whether the uncertainty score ranks cases by that Dice
+    (Spearman rho, scatter plot). Writes quality.json/quality.png; None when no hidden label exists."""
+    ds, plan = run.dataset(), run.plan
+    cases = [c for c in sorted(scores) if ds.reference_label_path(c).is_file()]
+    if not cases:
+        return None
+    class_ids, _ = foreground_classes(plan)
+    dice: dict[str, float] = {}
+    for c in tqdm(cases, desc="pseudo-label quality (evaluation only)", unit="case", disable=not progress):
+        pseudo = np.load(pseudo_dir / f"{c}_seg.npy")
+        truth = _truth_in_cache_space(run, plan, c, truth_dir)
+        if truth.shape != pseudo.shape:
+            raise ValueError(f"{c}: hidden label preprocesses to {truth.shape}, pseudo-label has {pseudo.shape}")
+        dice[c] = float(pairwise_dice_matrix([pseudo, truth], class_ids).mean())
+    kept = [d for c, d in dice.items() if c in set(select_cases(scores, sel))]
+    report: dict[str, Any] = {"n": len(dice), "mean_dice": float(np.mean(list(dice.values()))), "n_selected": len(kept),
+                              "mean_dice_selected": float(np.mean(kept)) if kept else float("nan")}
+    if len(dice) >= 3:  # a rank correlation needs at least three cases
+        report.update(pseudo_label_quality(scores, dice, sel))
+        plot_quality_scatter(scores, dice, sel, folder / "quality.png")
+    report["per_case_dice"] = dice
+    atomic_write_json(folder / "quality.json", _json_safe(report))
+    return report
+
+
+# -- rounds ----------------------------------------------------------------------------------------------
+def run_round(run: Run, plan: Plan, cfg: SelfTrainConfig, folder: Path, prev: RoundResult | None,
+              device: str | None = None, progress: bool = True) -> RoundResult:
+    """Train the ensemble (on labelled + ``prev``'s selection), pseudo-label every unlabelled case,
+    score and select; each part skips what an earlier, interrupted call finished."""
+    folder.mkdir(parents=True, exist_ok=True)
+    models = train_ensemble(run, plan, cfg, folder, prev, device, progress)
+    unlabelled = sorted(run.dataset().unlabelled)
+    matrices = pseudo_label(run, models, unlabelled, folder / "pseudo", cfg, device, progress)
+    sel = cfg.effective_selection
+    scores, selected = write_selection(folder, matrices, foreground_classes(plan)[1], sel)
+    _note(f"{folder.name}: {len(selected)}/{len(scores)} unlabelled cases selected", progress)
+    if cfg.evaluate_quality:
+        evaluate_pseudo_labels(run, folder / "pseudo", scores, sel, folder, folder.parent / "evaluation_only_truth", progress)
+    return RoundResult(folder, folder / "pseudo", scores, selected)
+
+
+def _round_summary(r: RoundResult) -> dict[str, Any]:
+    out: dict[str, Any] = {"folder": r.folder.name, "n_unlabelled": len(r.scores), "n_selected": len(r.selected),
+                           "mean_score": float(np.mean(list(r.scores.values()))) if r.scores else float("nan")}
+    q = r.folder / "quality.json"
+    if q.is_file():
+        keep = ("mean_dice", "spearman_rho", "p_value", "mean_dice_selected", "mean_dice_rejected")
+        out["quality"] = {k: v for k, v in json.loads(q.read_text()).items() if k in keep}
+    return out
+
+
+def _self_learning(run: Run, plan: Plan, cfg: SelfTrainConfig, root: Path, device: str | None, progress: bool) -> tuple[Path, list[RoundResult]]:
+    """uncertainty / unfiltered: ``rounds`` ensemble rounds, then one model on the last selection."""
+    results: list[RoundResult] = []
+    prev = None
+    for r in range(cfg.rounds):
+        prev = run_round(run, plan, cfg, root / f"round_{r}", prev, device, progress)
+        results.append(prev)
+    assert prev is not None
+    labelled = sorted(run.dataset().labelled)
+    spec = training_spec(run, labelled, prev.pseudo_dir, prev.selected, cfg.ratio, root / "final" / "train_cache")
+    _note(f"final: {len(labelled)} labelled + {len(prev.selected)} pseudo-labelled", progress)
+    final = train_model(plan, train_config(plan, cfg), spec, root / "final", device, progress)
+    return final, results
+
+
+def _noisy_student(run: Run, plan: Plan, cfg: SelfTrainConfig, root: Path, device: str | None, progress: bool) -> tuple[Path, list[RoundResult]]:
+    """Teacher ensemble -> hard pseudo-labels of every case -> student (1 : ratio batches, strong
+    augmentation) -> fine-tune on the labelled cases only."""
+    teacher = run_round(run, plan, cfg, root / "teacher", None, device, progress)
+    labelled = sorted(run.dataset().labelled)
+    student_plan = scaled_width(plan, cfg.student_width)
+    ratio = max(1, cfg.ratio)
+    base_batch = cfg.batch_size or plan.batch_size
+    batch = -(-max(base_batch, 1 + ratio) // (1 + ratio)) * (1 + ratio)  # a multiple of 1 + ratio
+    spec = training_spec(run, labelled, teacher.pseudo_dir, teacher.selected, ratio, root / "student" / "train_cache")
+    tc = train_config(plan, cfg, iterations=cfg.student_iterations or cfg.iterations, augmentation="student", batch_size=batch)
+    _note(f"student (width x{cfg.student_width}): batches of {batch}, 1 labelled : {ratio} pseudo-labelled", progress)
+    student = train_model(student_plan, tc, spec, root / "student", device, progress)
+    ft = train_config(plan, cfg, iterations=cfg.finetune_iterations, augmentation=cfg.finetune_augmentation)
+    _note("fine-tune the student on the labelled cases", progress)
+    final = train_model(student_plan, ft, DataSpec(run.cache, labelled), root / "finetune", device, progress, init_weights=student)
+    return final, [teacher]
+
+
+def run_selftrain(run: Run, cfg: SelfTrainConfig, device: str | None = None, progress: bool = True) -> Path:
+    """Run (or resume) a self-training method; returns the final model's ``model_final.pt``."""
+    ds = run.dataset()
+    if not ds.unlabelled:
+        raise ValueError(f"{ds.root}: the split has no unlabelled cases to pseudo-label")
+    root = selftrain_dir(run, cfg.method)
+    _check_resumable(root, cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    cfg.save(root / CONFIG_FILE)
+    run.ensure_preprocessed(labelled=True, unlabelled=True, progress=progress)
+    plan = run.plan
+    stages = _noisy_student if cfg.method == "noisy-student" else _self_learning
+    final, rounds = stages(run, plan, cfg, root, device, progress)
+    atomic_write_json(root / "summary.json", _json_safe({"method": cfg.method, "final_model": str(final),
+                                                         "rounds": [_round_summary(r) for r in rounds]}))
+    return final
