@@ -1,0 +1,26 @@
+"""Benchmarks: every method under one plan, one budget and one seed set, with both supervised bounds.
+
+    config.py       the benchmark file (YAML/JSON) -> BenchmarkConfig, with errors that name the field
+    runners.py      method name -> how to train it (engine methods, offline self-training)
+    harness.py      run_benchmark: splits, shared run folders, resumable (method, seed) pieces
+    results.py      aggregation, gap closure, provenance (command, commit, machine)
+    report.py       self-contained HTML report with embedded PNGs
+    readme_table.py README results table generated from benchmarks/results/*.json
+    cli.py          ``semiseg benchmark`` and ``semiseg report`` (register_cli)
+"""
+from semiseg.benchmark.config import BenchmarkConfig, load_config
+from semiseg.benchmark.results import gap_closure
+
+__all__ = ["BenchmarkConfig", "load_config", "gap_closure", "run_benchmark", "write_report"]
+
+
+def __getattr__(name: str):  # heavy modules (torch, matplotlib) load only when asked for
+    if name == "run_benchmark":
+        from semiseg.benchmark.harness import run_benchmark
+
+        return run_benchmark
+    if name == "write_report":
+        from semiseg.benchmark.report import write_report
+
+        return write_report
+    raise AttributeError(name)

@@ -1,0 +1,293 @@
+"""The benchmark file: dataset, regime, shared plan and budget, methods, seeds and predictor options.
+
+A comparison is data, not code, so that every method provably gets the same network, patch,
+preprocessing, number of optimiser steps and seed set (BENCHMARK.md's rules). Example::
+
+    name: la_ssl8_cpu
+    dataset: LeftAtrium                 # absolute, relative to the repo root, or to data_root
+    split:                              # or a split JSON file (relative to the dataset folder)
+      labelled: [la_000..la_007]        # "a..b" expands a numbered range
+      unlabelled: [la_008..la_039]
+      test: [la_040..la_047]
+    plan: {spacing: [1.25, 1.25, 1.25], base_features: 16, overrides: {patch_size: [40, 64, 64]}}
+    budget: {iterations: 1000, batch_size: 2, unlabelled_batch_size: 2, train: {checkpoint_every: 250}}
+    methods: [mean-teacher, {name: ua-mt-d01, method: ua-mt, params: {dropout: 0.1}}]
+    seeds: [0, 1, 2]
+    predictor: {step: 0.5}
+
+The supervised lower bound (``lower``: labelled cases of the regime) and upper bound (``upper``: the
+regime's labelled and unlabelled cases, all with labels) are always part of the comparison.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+LOWER, UPPER = "lower", "upper"
+ROLES = {LOWER: "lower bound", UPPER: "upper bound"}
+# TrainConfig fields that the benchmark itself sets: a method may not change its own budget or seed
+_BUDGET_OWNED = {"method", "iterations", "batch_size", "unlabelled_batch_size", "seed", "method_params"}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_TOP_KEYS = {"name", "description", "tier", "dataset", "data_root", "split", "plan", "budget", "methods", "seeds",
+             "predictor", "score_unlabelled", "work_dir", "results_dir"}
+
+
+def repo_root() -> Path:
+    """The source checkout holding this package (relative paths in configs resolve against it);
+    the working directory when semiseg is installed outside a checkout."""
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / "pyproject.toml").is_file() else Path.cwd()
+
+
+def default_data_root() -> Path:
+    """``$SEMISEG_DATA_ROOT`` or ``<repo>/../shared/data``, where the project's datasets live."""
+    env = os.environ.get("SEMISEG_DATA_ROOT")
+    return Path(env) if env else repo_root().parent / "shared" / "data"
+
+
+@dataclass
+class PlanSpec:
+    """How the one plan of the benchmark is made (``create_run`` arguments + dotted overrides)."""
+
+    spacing: list[float] | None = None
+    max_patch_voxels: int = 128**3
+    base_features: int = 32
+    max_features: int = 320
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Budget:
+    """What every run gets: optimiser steps on the labelled stream, batch sizes, shared TrainConfig fields."""
+
+    iterations: int
+    batch_size: int = 2
+    unlabelled_batch_size: int = 2
+    train: dict[str, Any] = field(default_factory=dict)  # other TrainConfig fields, the same for every run
+
+
+@dataclass
+class MethodSpec:
+    """One entry of the comparison: a unique name, a registered method and its params."""
+
+    name: str
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def role(self) -> str:
+        return self.name if self.name in ROLES else "method"
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str
+    dataset: Path
+    split: dict[str, list[str]]  # labelled / unlabelled / test of the regime
+    plan: PlanSpec
+    budget: Budget
+    methods: list[MethodSpec]  # the methods under test (bounds excluded)
+    seeds: list[int]
+    predictor: dict[str, Any] = field(default_factory=dict)  # PredictorConfig fields
+    score_unlabelled: bool = False  # also predict the unlabelled cases and score them against their hidden labels
+    work_dir: Path = Path("runs/bench")
+    results_dir: Path = Path("benchmarks/results")
+    tier: str = "cpu"
+    description: str = ""
+    source: Path | None = None  # the file it was read from
+    raw: dict[str, Any] = field(default_factory=dict)  # the file's content, kept in the results
+
+    def entries(self) -> list[MethodSpec]:
+        """Lower bound, upper bound, then the methods: the order of runs and of every table."""
+        return [MethodSpec(LOWER, "supervised"), MethodSpec(UPPER, "supervised"), *self.methods]
+
+    def entry(self, name: str) -> MethodSpec:
+        for e in self.entries():
+            if e.name == name:
+                return e
+        raise ValueError(f"benchmark '{self.name}' has no entry '{name}' (entries: {', '.join(e.name for e in self.entries())})")
+
+    def upper_split(self) -> dict[str, list[str]]:
+        """The upper bound's split: the regime's unlabelled cases become labelled; test is unchanged."""
+        return {"labelled": sorted(self.split["labelled"] + self.split["unlabelled"]), "unlabelled": [], "test": list(self.split["test"])}
+
+    @property
+    def results_file(self) -> Path:
+        return self.results_dir / f"{self.name}.json"
+
+    def summary(self) -> dict[str, Any]:
+        """What the results file records about the configuration (JSON-ready)."""
+        return {
+            "name": self.name, "tier": self.tier, "description": self.description, "dataset": str(self.dataset),
+            "split": self.split, "upper_split": self.upper_split(), "plan": dataclasses.asdict(self.plan),
+            "budget": dataclasses.asdict(self.budget), "methods": [dataclasses.asdict(m) for m in self.entries()],
+            "seeds": self.seeds, "predictor": self.predictor, "score_unlabelled": self.score_unlabelled,
+            "config_file": str(self.source) if self.source else None, "config": self.raw,
+        }
+
+
+# -- loading ---------------------------------------------------------------------------------------
+class ConfigError(ValueError):
+    """A benchmark file problem; the message names the file and the field."""
+
+
+def expand_cases(items: Any, where: str) -> list[str]:
+    """Case lists with ranges: ``la_000..la_007`` -> la_000, la_001, ... la_007 (same prefix, same width)."""
+    if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+        raise ConfigError(f"{where}: expected a list of case names (ranges like 'la_000..la_007' allowed)")
+    out: list[str] = []
+    for item in items:
+        if ".." not in item:
+            out.append(item)
+            continue
+        a, b = item.split("..", 1)
+        ma, mb = re.fullmatch(r"(.*?)(\d+)", a), re.fullmatch(r"(.*?)(\d+)", b)
+        if not ma or not mb or ma.group(1) != mb.group(1) or int(mb.group(2)) < int(ma.group(2)):
+            raise ConfigError(f"{where}: bad range '{item}' (expected PREFIXnnn..PREFIXmmm with the same prefix, mmm >= nnn)")
+        width = len(ma.group(2))
+        out += [f"{ma.group(1)}{i:0{width}d}" for i in range(int(ma.group(2)), int(mb.group(2)) + 1)]
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{where}: a case is listed twice")
+    return out
+
+
+def _resolve(path: str | Path, *bases: Path) -> Path:
+    """Absolute as is; else the first base under which it exists; else under the first base."""
+    p = Path(os.path.expanduser(str(path)))
+    if p.is_absolute():
+        return p
+    for b in bases:
+        if (b / p).exists():
+            return (b / p).resolve()
+    return (bases[0] / p).resolve()
+
+
+def _fields(cls: type, raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown} (known: {sorted(known)})")
+    return dict(raw)
+
+
+def _split(raw: Any, dataset: Path, where: str) -> dict[str, list[str]]:
+    if isinstance(raw, str):
+        path = _resolve(raw, dataset, repo_root())
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{where}: cannot read split file {path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with labelled/unlabelled/test or a split JSON file")
+    split = {k: expand_cases(raw.get(k, []), f"{where}.{k}") for k in ("labelled", "unlabelled", "test")}
+    if not split["labelled"] or not split["test"]:
+        raise ConfigError(f"{where}: needs at least one labelled and one test case")
+    for a, b in (("labelled", "unlabelled"), ("labelled", "test"), ("unlabelled", "test")):
+        both = sorted(set(split[a]) & set(split[b]))
+        if both:
+            raise ConfigError(f"{where}: case(s) {both[:5]} are both {a} and {b}")
+    return split
+
+
+def _methods(raw: Any, where: str) -> list[MethodSpec]:
+    from semiseg.benchmark.runners import runner_for
+
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: expected a list of methods (names or {{name, method, params}} mappings)")
+    out: list[MethodSpec] = []
+    for i, m in enumerate(raw):
+        w = f"{where}[{i}]"
+        if isinstance(m, str):
+            m = {"method": m}
+        if not isinstance(m, dict) or not isinstance(m.get("method"), str):
+            raise ConfigError(f"{w}: expected a method name or a mapping with 'method'")
+        spec = MethodSpec(**{"name": m["method"], **_fields(MethodSpec, m, w)})
+        if not _NAME.fullmatch(spec.name):
+            raise ConfigError(f"{w}: name '{spec.name}' must be letters, digits, '_', '-', '.' (it names folders)")
+        if not isinstance(spec.params, dict):
+            raise ConfigError(f"{w}.params: expected a mapping")
+        if spec.name in ROLES:
+            raise ConfigError(f"{w}: '{spec.name}' is reserved for the supervised bound, which every benchmark runs")
+        if spec.method == "supervised" and not spec.params:
+            raise ConfigError(f"{w}: plain supervised training is the lower bound, which every benchmark runs already")
+        try:
+            runner_for(spec.method).check_params(spec.method, spec.params)
+        except ValueError as e:
+            raise ConfigError(f"{w}: {e}") from None
+        out.append(spec)
+    names = [m.name for m in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{where}: duplicate entry name(s) {dup}; give each a distinct 'name'")
+    return out
+
+
+def config_from_dict(raw: Mapping[str, Any], source: Path | None = None) -> BenchmarkConfig:
+    """Validate and resolve a benchmark mapping; every error names the file and the field."""
+    from semiseg.config import TrainConfig
+    from semiseg.inference import PredictorConfig
+
+    where = str(source) if source else "benchmark config"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of benchmark fields")
+    unknown = sorted(set(raw) - _TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown} (known: {sorted(_TOP_KEYS)})")
+    for key in ("name", "dataset", "split", "budget", "seeds"):
+        if key not in raw:
+            raise ConfigError(f"{where}: missing required field '{key}'")
+    name = str(raw["name"])
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"{where}: name '{name}' must be letters, digits, '_', '-', '.' (it names files)")
+    root = repo_root()
+    data_root = _resolve(raw["data_root"], root) if raw.get("data_root") else default_data_root()
+    dataset = _resolve(raw["dataset"], root, data_root)
+    if not (dataset / "dataset.json").is_file():
+        raise ConfigError(f"{where}: dataset: {dataset}/dataset.json not found (paths resolve against {root} then {data_root})")
+    split = _split(raw["split"], dataset, f"{where}: split")
+    plan = PlanSpec(**_fields(PlanSpec, raw.get("plan"), f"{where}: plan"))
+    budget = Budget(**_fields(Budget, raw["budget"], f"{where}: budget"))
+    if not isinstance(budget.iterations, int) or budget.iterations < 1:
+        raise ConfigError(f"{where}: budget.iterations must be a positive integer")
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    bad = sorted(set(budget.train) - (train_fields - _BUDGET_OWNED))
+    if bad:
+        raise ConfigError(f"{where}: budget.train: field(s) {bad} are not allowed there "
+                          f"(allowed: {sorted(train_fields - _BUDGET_OWNED)}; iterations and batch sizes are budget fields)")
+    seeds = raw["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: seeds must be a non-empty list of distinct integers")
+    predictor = dict(raw.get("predictor") or {})
+    try:
+        PredictorConfig(**predictor)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: predictor: {e}") from None
+    work = _resolve(raw.get("work_dir", f"runs/bench/{name}"), root)
+    results = _resolve(raw.get("results_dir", "benchmarks/results"), root)
+    return BenchmarkConfig(
+        name=name, dataset=dataset, split=split, plan=plan, budget=budget, methods=_methods(raw.get("methods"), f"{where}: methods"),
+        seeds=list(seeds), predictor=predictor, score_unlabelled=bool(raw.get("score_unlabelled", False)),
+        work_dir=work, results_dir=results, tier=str(raw.get("tier", "cpu")), description=str(raw.get("description", "")),
+        source=source, raw=dict(raw),
+    )
+
+
+def load_config(path: str | Path) -> BenchmarkConfig:
+    """Read a benchmark YAML/JSON file (see the module docstring)."""
+    from semiseg.cli import _read_data_file
+
+    p = Path(path).resolve()
+    if not p.is_file():
+        raise ConfigError(f"{p}: benchmark config not found")
+    return config_from_dict(_read_data_file(p), p)

@@ -1,0 +1,353 @@
+"""Run a benchmark: every entry (lower bound, upper bound, methods) x every seed, under one plan and budget.
+
+Work folder (``work_dir``, default ``runs/bench/<name>``)::
+
+    benchmark.json            dataset, splits and plan recipe the folder was made for (checked on reuse)
+    splits/regime.json        the regime (labelled / unlabelled / test); splits/upper.json: all labelled
+    regime/                   run folder of the regime: plan.json, cache/, models/<entry>/seed_<s>/
+    upper/                    run folder of the upper bound: the regime's plan.json, its own cache
+                              (the cache marks each case labelled or not, so it cannot be shared)
+    test/images, test/labels  test images (links) and their reference labels (evaluation only)
+    predictions/<entry>/seed_<s>/{test,unlabelled}/ , eval/<entry>/seed_<s>_{test,unlabelled}.json
+    pieces/<entry>/seed_<s>.json   one finished run, written atomically: rerunning skips it
+
+Each piece records its configuration key; a piece made under a different configuration stops the run
+with a message rather than being mixed into the comparison. Training resumes from its checkpoint and
+prediction from the cases already written, so an interrupted benchmark loses at most a few steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from semiseg.benchmark.config import UPPER, BenchmarkConfig, ConfigError, MethodSpec
+from semiseg.benchmark.results import aggregate, provenance
+from semiseg.benchmark.runners import runner_for
+from semiseg.config import Plan, TrainConfig
+from semiseg.data.io import atomic_write_json
+from semiseg.run import Run, create_run
+
+CURVE_POINTS = 200  # a training curve kept in the results is averaged into at most this many bins
+FIGURE_WORDS = ("uncertainty", "quality", "pseudo", "selection")  # PNGs of a run's folder worth reporting
+
+
+@dataclass
+class Layout:
+    """The prepared work folder of a benchmark."""
+
+    work: Path
+    regime: Run
+    upper: Run
+    test_images: Path
+    test_labels: Path
+    unlabelled_images: Path | None = None
+    unlabelled_labels: Path | None = None
+
+    def run_for(self, entry: MethodSpec) -> Run:
+        return self.upper if entry.name == UPPER else self.regime
+
+    def piece(self, entry: str, seed: int) -> Path:
+        return self.work / "pieces" / entry / f"seed_{seed}.json"
+
+
+def train_config(cfg: BenchmarkConfig, entry: MethodSpec, seed: int) -> TrainConfig:
+    """The budget applied to one entry and seed: the same steps and batch sizes for every method."""
+    b = cfg.budget
+    return TrainConfig(**{**b.train, "method": entry.method, "iterations": b.iterations, "batch_size": b.batch_size,
+                          "unlabelled_batch_size": b.unlabelled_batch_size, "seed": seed, "method_params": dict(entry.params)})
+
+
+def piece_key(cfg: BenchmarkConfig, entry: MethodSpec, seed: int, plan: Plan) -> dict[str, Any]:
+    """Everything a piece's numbers depend on (not the device: that is recorded, not keyed), in its JSON form."""
+    return _as_json({
+        "dataset": str(cfg.dataset),
+        "split": cfg.upper_split() if entry.name == UPPER else cfg.split,
+        "plan": dataclasses.asdict(plan),
+        "train_config": dataclasses.asdict(train_config(cfg, entry, seed)),
+        "predictor": cfg.predictor,
+        "score_unlabelled": cfg.score_unlabelled,
+    })
+
+
+def _as_json(obj: Any) -> Any:
+    """What ``obj`` reads back as from a JSON file (tuples become lists), so comparisons with files are exact."""
+    return json.loads(json.dumps(obj))
+
+
+def _link_or_copy(src: Path, dst: Path, copy: bool) -> None:
+    if dst.is_file():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    if tmp.exists() or tmp.is_symlink():
+        tmp.unlink()
+    if copy:
+        shutil.copyfile(src, tmp)
+    else:
+        try:
+            os.symlink(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _gather(cfg: BenchmarkConfig, cases: list[str], images: Path, labels: Path) -> None:
+    """Images (linked) and hidden reference labels (copied) of cases that are evaluated, never trained on."""
+    from semiseg.data.dataset import RawDataset
+
+    ds = RawDataset.open(cfg.dataset, cfg.split)
+    for case in cases:
+        for p in ds.image_paths(case):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p}: image of case '{case}' not found")
+            _link_or_copy(p, images / p.name, copy=False)
+        ref = ds.reference_label_path(case)
+        if not ref.is_file():
+            raise FileNotFoundError(f"{ref}: reference label of evaluated case '{case}' not found")
+        _link_or_copy(ref, labels / ref.name, copy=True)
+
+
+def prepare(cfg: BenchmarkConfig, progress: bool = True) -> Layout:
+    """Create (or check and reuse) the work folder: splits, the shared plan, both run folders, test data."""
+    work = cfg.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    recipe = {"dataset": str(cfg.dataset), "split": cfg.split, "plan": dataclasses.asdict(cfg.plan)}
+    stamp = work / "benchmark.json"
+    if stamp.is_file():
+        old = json.loads(stamp.read_text())
+        diff = sorted(k for k in recipe if old.get(k) != recipe[k])
+        if diff:
+            raise ConfigError(f"{work} was made for a different {' and '.join(diff)} than {cfg.source or 'this config'}; "
+                              "delete that folder or give the benchmark another name or work_dir")
+    else:
+        atomic_write_json(stamp, recipe)
+    splits = work / "splits"
+    for name, split in (("regime", cfg.split), ("upper", cfg.upper_split())):
+        path = splits / f"{name}.json"
+        if not path.is_file() or json.loads(path.read_text()) != split:
+            atomic_write_json(path, split)
+    regime_root = work / "regime"
+    if (regime_root / "plan.json").is_file() and (regime_root / "source.json").is_file():
+        regime = Run(regime_root)
+    else:
+        p = cfg.plan
+        regime = create_run(cfg.dataset, regime_root, splits / "regime.json", spacing=p.spacing, max_patch_voxels=p.max_patch_voxels,
+                            base_features=p.base_features, max_features=p.max_features, overrides=p.overrides or None, progress=progress)
+    upper = Run(work / "upper")
+    upper.root.mkdir(exist_ok=True)
+    plan_text = (regime.root / "plan.json").read_text()  # one plan for every run: same network, patch, preprocessing
+    if not (upper.root / "plan.json").is_file() or (upper.root / "plan.json").read_text() != plan_text:
+        regime.plan.save(upper.root / "plan.json")
+    source = {"dataset": str(cfg.dataset), "split": str((splits / "upper.json").resolve())}
+    if not (upper.root / "source.json").is_file() or json.loads((upper.root / "source.json").read_text()) != source:
+        atomic_write_json(upper.root / "source.json", source)
+    layout = Layout(work, regime, upper, work / "test" / "images", work / "test" / "labels")
+    _gather(cfg, cfg.split["test"], layout.test_images, layout.test_labels)
+    if cfg.score_unlabelled and cfg.split["unlabelled"]:
+        layout.unlabelled_images, layout.unlabelled_labels = work / "unlabelled" / "images", work / "unlabelled" / "labels"
+        _gather(cfg, cfg.split["unlabelled"], layout.unlabelled_images, layout.unlabelled_labels)
+    return layout
+
+
+# -- one run ---------------------------------------------------------------------------------------
+def _checkpoint_step(folder: Path) -> int:
+    ck = folder / "checkpoint.pt"
+    if not ck.is_file():
+        return 0
+    import torch
+
+    return int(torch.load(ck, map_location="cpu", weights_only=False).get("step", 0))
+
+
+def downsample_history(history: list[dict[str, float]], points: int = CURVE_POINTS) -> dict[str, list[float | None]]:
+    """A training log averaged into at most ``points`` bins of consecutive steps (keeps results files small)."""
+    import numpy as np
+
+    if not history:
+        return {}
+    keys = [k for k in history[0] if k != "step"]
+    bins = np.array_split(np.arange(len(history)), min(points, len(history)))
+    out: dict[str, list[float | None]] = {"step": [float(np.mean([history[i]["step"] for i in b])) for b in bins]}
+    for k in keys:
+        col = []
+        for b in bins:
+            v = [history[i].get(k) for i in b]
+            v = [float(x) for x in v if x is not None and np.isfinite(x)]
+            col.append(float(np.mean(v)) if v else None)
+        out[k] = col
+    return out
+
+
+def _train(cfg: BenchmarkConfig, layout: Layout, entry: MethodSpec, seed: int, device: str | None, progress: bool) -> tuple[Path, dict[str, Any]]:
+    """Train (or find trained) one entry and seed; wall time and peak RSS cover training only."""
+    from semiseg.profiling import profile_call
+
+    run = layout.run_for(entry)
+    tcfg = train_config(cfg, entry, seed)
+    runner = runner_for(entry.method)
+    out = run.root / "models" / entry.name / f"seed_{seed}"
+    profile_file = out / "benchmark_profile.json"
+    if profile_file.is_file():
+        info = json.loads(profile_file.read_text())
+        if info.get("train_config") != _as_json(dataclasses.asdict(tcfg)):
+            raise ConfigError(f"{out} holds a model trained with another configuration; delete that folder to retrain")
+        if Path(info["model"]).exists():
+            return Path(info["model"]), info
+    started = out / "train_config.json"  # written by the engine when a training starts
+    if started.is_file() and json.loads(started.read_text()) != _as_json(dataclasses.asdict(tcfg)):
+        raise ConfigError(f"{out} holds a training started with another configuration; delete that folder to retrain")
+    runner.prepare(run, tcfg, progress)  # preprocessing is not part of the measured training
+    start = _checkpoint_step(out)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # timings on a shared machine need this context
+    model, eff = profile_call(runner.train, run, tcfg, out, device, progress)
+    model = Path(model)
+    log_file = (model.parent if model.is_file() else model) / "log.json"
+    log = json.loads(log_file.read_text()) if log_file.is_file() else {}
+    measured = tcfg.iterations - start
+    wall = eff.wall_time_s
+    if measured <= 0:  # already trained before this session: only the engine's own log knows the time
+        wall, measured = log.get("wall_time_s"), tcfg.iterations
+    info = {
+        "model": str(model), "model_dir": str(out), "log": str(log_file) if log_file.is_file() else None,
+        "wall_time_s": wall, "peak_rss_mb": eff.peak_rss_mb if start < tcfg.iterations else None,
+        "max_gpu_mb": eff.max_gpu_mb, "auc_cpu_percent_s": eff.auc_cpu_percent_s,
+        "steps": tcfg.iterations, "steps_measured": measured, "resumed_from_step": start,
+        "seconds_per_step": (wall / measured) if wall is not None and measured else None, "device": log.get("device", device),
+        "train_config": dataclasses.asdict(tcfg), "load_average_1min_at_start": load,
+    }
+    atomic_write_json(profile_file, info)
+    return model, info
+
+
+def _predict_and_score(cfg: BenchmarkConfig, model: Path, images: Path, labels: Path, pred_dir: Path, out_file: Path,
+                       device: str | None, progress: bool) -> tuple[dict[str, Any], float]:
+    from semiseg.evaluation.evaluate import evaluate_folders
+    from semiseg.inference import Predictor, PredictorConfig
+
+    opts = {**cfg.predictor, **({"device": device} if device else {})}
+    t0 = time.perf_counter()
+    Predictor.from_path(model, PredictorConfig(**opts)).predict_folder(images, pred_dir, progress=progress)
+    wall = time.perf_counter() - t0
+    evaluate_folders(pred_dir, labels, cfg.dataset / "dataset.json", out_file, progress=progress)
+    result = json.loads(out_file.read_text())  # the JSON file already holds NaN as null
+    return {k: result[k] for k in ("cases", "mean", "foreground_mean", "tolerances_mm")} | {
+        "pred_dir": str(pred_dir), "ref_dir": str(labels), "images_dir": str(images)}, wall
+
+
+def _figures(folder: Path) -> tuple[list[str], dict[str, Any]]:
+    """Pseudo-label quality / uncertainty PNGs and quality JSON a method left in its folder."""
+    pngs, quality = [], {}
+    if folder.is_dir():
+        for p in sorted(folder.rglob("*.png")):
+            if any(w in p.name.lower() for w in FIGURE_WORDS):
+                pngs.append(str(p))
+        for p in sorted(folder.rglob("*quality*.json")):
+            try:
+                quality[str(p.relative_to(folder))] = json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+    return pngs, quality
+
+
+def run_piece(cfg: BenchmarkConfig, layout: Layout, entry: MethodSpec, seed: int, device: str | None = None,
+              progress: bool = True, command: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train, predict the test cases, evaluate: the piece of the results for one entry and seed."""
+    model, train_info = _train(cfg, layout, entry, seed, device, progress)
+    tag = Path(entry.name) / f"seed_{seed}"
+    test, predict_wall = _predict_and_score(cfg, model, layout.test_images, layout.test_labels, layout.work / "predictions" / tag / "test",
+                                            layout.work / "eval" / entry.name / f"seed_{seed}_test.json", device, progress)
+    piece: dict[str, Any] = {
+        "entry": entry.name, "method": entry.method, "role": entry.role, "params": entry.params, "seed": seed,
+        "key": piece_key(cfg, entry, seed, layout.run_for(entry).plan),
+        "train": train_info, "predict": {"wall_time_s": predict_wall}, "test": test,
+    }
+    if layout.unlabelled_images is not None and layout.unlabelled_labels is not None and entry.name != UPPER:
+        piece["unlabelled"], _ = _predict_and_score(cfg, model, layout.unlabelled_images, layout.unlabelled_labels,
+                                                    layout.work / "predictions" / tag / "unlabelled",
+                                                    layout.work / "eval" / entry.name / f"seed_{seed}_unlabelled.json", device, progress)
+    log = json.loads(Path(train_info["log"]).read_text()) if train_info.get("log") and Path(train_info["log"]).is_file() else {}
+    piece["curve"] = downsample_history(log.get("history", []))
+    piece["figures"], piece["pseudo_label_quality"] = _figures(Path(train_info["model_dir"]))
+    piece["budget"] = dataclasses.asdict(cfg.budget)
+    piece.update(provenance(device, command))
+    return piece
+
+
+# -- the benchmark ---------------------------------------------------------------------------------
+def collect_pieces(cfg: BenchmarkConfig, layout: Layout) -> tuple[list[dict[str, Any]], list[str]]:
+    """Finished pieces of this configuration's entries, and the paths of stale ones (other configuration)."""
+    pieces, stale = [], []
+    plan = layout.regime.plan
+    for entry in cfg.entries():
+        for path in sorted((layout.work / "pieces" / entry.name).glob("seed_*.json")):
+            p = json.loads(path.read_text())
+            if p.get("key") == piece_key(cfg, entry, int(p["seed"]), plan):
+                pieces.append(p)
+            else:
+                stale.append(str(path))
+    return pieces, stale
+
+
+def write_results(cfg: BenchmarkConfig, layout: Layout, skipped: Sequence[dict[str, Any]] = (), device: str | None = None,
+                  command: Sequence[str] | None = None) -> Path:
+    pieces, stale = collect_pieces(cfg, layout)
+    doc = aggregate(cfg, pieces, skipped, stale, command, device)
+    atomic_write_json(cfg.results_file, doc)
+    return cfg.results_file
+
+
+def _check_piece(path: Path, key: dict[str, Any]) -> bool:
+    """True if finished under this configuration; raise if finished under another one."""
+    if not path.is_file():
+        return False
+    old = json.loads(path.read_text()).get("key", {})
+    if old == key:
+        return True
+    diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
+    raise ConfigError(f"{path} was made with a different {', '.join(diff)}; delete it and its model folder "
+                      f"({path.parents[2] / '<regime|upper>' / 'models' / path.parent.name / path.stem}) to rerun, "
+                      "or give the benchmark another name")
+
+
+def run_benchmark(cfg: BenchmarkConfig, only: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+                  device: str | None = None, progress: bool = True, command: Sequence[str] | None = None) -> Path:
+    """Run what is not finished yet (seed by seed, bounds first) and write ``results_dir/<name>.json``.
+
+    ``only`` restricts to some entries (``lower``, ``upper`` or method entry names); ``seeds`` replaces
+    the configured seeds for this invocation. The results file is rewritten after every finished run,
+    so a half-finished benchmark already has one (``complete: false``, ``missing`` lists the rest)."""
+    names = [e.name for e in cfg.entries()]
+    unknown = [n for n in (only or []) if n not in names]
+    if unknown:
+        raise ConfigError(f"--only: unknown entr{'y' if len(unknown) == 1 else 'ies'} {unknown} (entries: {', '.join(names)})")
+    layout = prepare(cfg, progress)
+    entries = [e for e in cfg.entries() if not only or e.name in only]
+    skipped: list[dict[str, Any]] = []
+    for e in list(entries):
+        reason = runner_for(e.method).unavailable()
+        if reason:
+            print(f"[{cfg.name}] skipping {e.name}: {reason}", flush=True)
+            skipped.append({"entry": e.name, "method": e.method, "reason": reason})
+            entries.remove(e)
+    for seed in (list(seeds) if seeds else cfg.seeds):
+        for e in entries:
+            path = layout.piece(e.name, seed)
+            if _check_piece(path, piece_key(cfg, e, seed, layout.run_for(e).plan)):
+                print(f"[{cfg.name}] {e.name} seed {seed}: finished earlier, skipped", flush=True)
+                continue
+            print(f"[{cfg.name}] {e.name} seed {seed}: {e.method}, {cfg.budget.iterations} steps", flush=True)
+            piece = run_piece(cfg, layout, e, seed, device, progress, command)
+            atomic_write_json(path, piece)
+            t, dsc = piece["train"], piece["test"]["foreground_mean"].get("DSC")
+            print(f"[{cfg.name}] {e.name} seed {seed}: Dice {'n/a' if dsc is None else f'{dsc:.4f}'}, "
+                  f"train {t['wall_time_s'] or 0:.0f} s, peak RSS {t['peak_rss_mb'] or 0:.0f} MB", flush=True)
+            write_results(cfg, layout, skipped, device, command)
+    out = write_results(cfg, layout, skipped, device, command)
+    print(f"[{cfg.name}] results: {out}", flush=True)
+    return out

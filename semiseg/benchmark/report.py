@@ -1,0 +1,397 @@
+"""HTML report of one or more benchmark results files: one file, every image embedded (base64 PNG).
+
+Per benchmark: the provenance (command, commit, machine, budget, plan), a summary table, Dice per entry
+with its spread over seeds, per-case Dice against the lower bound, per-class Dice, training curves,
+pseudo-label quality / uncertainty figures where a method has them, and overlay thumbnails of the best
+and worst test case of every entry. The PNGs are also written beside ``index.html`` for reuse.
+A report needs only the results file, except for the figures drawn from a run's folder (overlays,
+a method's own figures), which are left out with a note when those folders are gone.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from semiseg.benchmark.config import LOWER, UPPER
+from semiseg.benchmark.results import case_foreground, load_results
+from semiseg.data.io import atomic_write_text
+
+_COLOURS = {LOWER: "#7f7f7f", UPPER: "#2f2f2f"}
+_CYCLE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+
+
+def _colour(name: str, order: list[str]) -> str:
+    if name in _COLOURS:
+        return _COLOURS[name]
+    methods = [n for n in order if n not in _COLOURS]
+    return _CYCLE[methods.index(name) % len(_CYCLE)]
+
+
+def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1) -> tuple[Any, Any]:
+    """A figure on the Agg canvas without touching pyplot's global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=90)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be read
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _pm(s: Mapping[str, Any], digits: int = 3) -> str:
+    if s.get("mean") is None:
+        return "n/a"
+    return f"{s['mean']:.{digits}f}" + (f" ± {s['std']:.{digits}f}" if s.get("std") is not None else "")
+
+
+# -- plots -----------------------------------------------------------------------------------------
+def plot_dice(doc: Mapping[str, Any], path: Path) -> Path:
+    """Mean foreground Dice per entry, error bar = sd over seeds, dots = seeds, bounds as dashed lines."""
+    entries = doc["entries"]
+    names = list(entries)
+    fig, ax = _figure(max(6.0, 1.1 * len(names) + 2), 4.2)
+    ax = ax[0, 0]
+    for i, n in enumerate(names):
+        s = entries[n]["foreground"]["DSC"]
+        if s["mean"] is None:
+            continue
+        ax.bar(i, s["mean"], color=_colour(n, names), alpha=0.85, yerr=s["std"] or 0, capsize=5)
+        seeds = [v["foreground"]["DSC"] for v in entries[n]["per_seed"].values() if v["foreground"]["DSC"] is not None]
+        ax.scatter(np.full(len(seeds), i) + np.linspace(-0.15, 0.15, len(seeds)), seeds, color="k", s=12, zorder=3)
+        gc = (entries[n].get("gap_closure") or {}).get("of_means")
+        if gc is not None and n not in (LOWER, UPPER):
+            ax.text(i, s["mean"] + (s["std"] or 0) + 0.01, f"gap closed\n{gc:+.2f}", ha="center", va="bottom", fontsize=8)
+    for b, style in ((LOWER, "--"), (UPPER, ":")):
+        if b in entries and entries[b]["foreground"]["DSC"]["mean"] is not None:
+            ax.axhline(entries[b]["foreground"]["DSC"]["mean"], color="k", ls=style, lw=1, label=f"{b} bound")
+    vals = [entries[n]["foreground"]["DSC"]["mean"] for n in names if entries[n]["foreground"]["DSC"]["mean"] is not None]
+    lo = min(vals) if vals else 0.0
+    ax.set_ylim(max(0.0, lo - 0.15), 1.0)
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set_ylabel("mean foreground Dice (test)")
+    ax.set_title("Dice per method (mean ± sd over seeds; dots: seeds)", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_scatter(doc: Mapping[str, Any], path: Path) -> Path | None:
+    """Per test case: Dice of each entry (mean over seeds) against the lower bound's; above the diagonal = better."""
+    entries = doc["entries"]
+    if LOWER not in entries:
+        return None
+    base = {c: s["mean"] for c, s in entries[LOWER]["per_case_dice"].items()}
+    names = list(entries)
+    fig, ax = _figure(5.2, 5.0)
+    ax = ax[0, 0]
+    allv = [v for v in base.values() if v is not None]
+    for n in names:
+        if n == LOWER:
+            continue
+        pts = [(base[c], s["mean"]) for c, s in entries[n]["per_case_dice"].items() if base.get(c) is not None and s["mean"] is not None]
+        if pts:
+            x, y = zip(*pts)
+            ax.scatter(x, y, color=_colour(n, names), label=n, s=22, alpha=0.85)
+            allv += list(y)
+    lo = max(0.0, min(allv) - 0.05) if allv else 0.0
+    ax.plot([lo, 1], [lo, 1], color="k", lw=0.8, ls="--")
+    ax.set(xlim=(lo, 1), ylim=(lo, 1), xlabel="lower bound Dice (per case)", ylabel="Dice (per case)", title="per-case Dice vs the lower bound")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_classes(doc: Mapping[str, Any], path: Path) -> Path:
+    """Dice per class and entry (mean over seeds, sd as error bar)."""
+    entries = doc["entries"]
+    names = list(entries)
+    classes = list(next(iter(entries.values()))["per_class_dice"])
+    fig, ax = _figure(max(5.0, 1.4 * len(classes) * max(1, len(names)) / 3 + 2), 4.0)
+    ax = ax[0, 0]
+    width = 0.8 / max(1, len(names))
+    for j, n in enumerate(names):
+        means = [entries[n]["per_class_dice"].get(c, {}).get("mean") or 0.0 for c in classes]
+        sds = [entries[n]["per_class_dice"].get(c, {}).get("std") or 0.0 for c in classes]
+        ax.bar(np.arange(len(classes)) + (j - (len(names) - 1) / 2) * width, means, width, yerr=sds, capsize=3,
+               color=_colour(n, names), label=n, alpha=0.85)
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Dice (test, mean over seeds)")
+    ax.set_title("Dice per class")
+    ax.legend(fontsize=8, ncol=min(5, len(names)), loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_curves(doc: Mapping[str, Any], path: Path) -> Path | None:
+    """Training curves per entry: every logged loss of the first seed, the total loss of the other seeds."""
+    runs: dict[str, list[Mapping[str, Any]]] = {}
+    for r in doc["runs"]:
+        if r.get("curve"):
+            runs.setdefault(r["entry"], []).append(r)
+    if not runs:
+        return None
+    n = len(runs)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = _figure(4.2 * cols, 3.0 * rows, rows, cols)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    for ax, (name, rs) in zip(axes.ravel(), runs.items()):
+        first = rs[0]["curve"]
+        keys = [k for k in first if k != "step" and not k.endswith("_w") and k not in ("threshold", "certain")]
+        for k in keys:
+            ax.plot(first["step"], [np.nan if v is None else v for v in first[k]], lw=1.2, label=f"{k} (seed {rs[0]['seed']})")
+        for r in rs[1:]:
+            k = "loss" if "loss" in r["curve"] else keys[0]
+            ax.plot(r["curve"]["step"], [np.nan if v is None else v for v in r["curve"][k]], lw=0.8, alpha=0.6, label=f"{k} (seed {r['seed']})")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_unlabelled(doc: Mapping[str, Any], path: Path) -> Path | None:
+    """Dice of each entry's predictions on the unlabelled cases against their hidden labels."""
+    entries = {n: e["unlabelled_dice"] for n, e in doc["entries"].items() if e.get("unlabelled_dice")}
+    if not entries:
+        return None
+    names = list(entries)
+    fig, ax = _figure(max(5.0, 1.1 * len(names) + 2), 3.6)
+    ax = ax[0, 0]
+    for i, n in enumerate(names):
+        ax.bar(i, entries[n]["mean"], yerr=entries[n]["std"] or 0, capsize=5, color=_colour(n, list(doc["entries"])), alpha=0.85)
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Dice on unlabelled cases")
+    ax.set_title("predictions on the unlabelled cases\nvs their hidden labels (evaluation only)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def overlays(doc: Mapping[str, Any], out: Path, prefix: str) -> tuple[list[tuple[str, Path]], list[str]]:
+    """Best and worst test case of every entry (its first seed), image | reference | prediction."""
+    from semiseg.data.io import read_array
+    from semiseg.report import overlay_png
+
+    labels = None
+    made, notes = [], []
+    seen: set[str] = set()
+    for r in doc["runs"]:
+        if r["entry"] in seen:
+            continue
+        seen.add(r["entry"])
+        test = r["test"]
+        if labels is None:
+            ds_json = Path(doc["benchmark"]["dataset"]) / "dataset.json"
+            labels = json.loads(ds_json.read_text())["labels"] if ds_json.is_file() else None
+        scores = {c: case_foreground(v) for c, v in test["cases"].items()}
+        scores = {c: v for c, v in scores.items() if v is not None}
+        if not scores or labels is None:
+            continue
+        ranked = sorted(scores, key=lambda c: scores[c])
+        for which, case in (("best", ranked[-1]), ("worst", ranked[0])):
+            ending = next((e for e in (".nii.gz", ".nii", ".mha", ".nrrd") if (Path(test["ref_dir"]) / f"{case}{e}").is_file()), None)
+            paths = None if ending is None else (Path(test["images_dir"]) / f"{case}_0000{ending}", Path(test["ref_dir"]) / f"{case}{ending}",
+                                                  Path(test["pred_dir"]) / f"{case}{ending}")
+            if paths is None or not all(p.is_file() for p in paths):
+                notes.append(f"{r['entry']}: {which} case {case}: image, reference or prediction no longer on disk")
+                continue
+            image, geo = read_array(paths[0])
+            ref, _ = read_array(paths[1])
+            pred, _ = read_array(paths[2])
+            png = out / f"{prefix}_overlay_{r['entry']}_{which}.png"
+            overlay_png(image, ref, pred, labels, png, f"{r['entry']} seed {r['seed']} - {which}: {case}, Dice {scores[case]:.3f}", geo.spacing_zyx)
+            made.append((f"{r['entry']}: {which} ({case}, Dice {scores[case]:.3f})", png))
+    return made, notes
+
+
+# -- HTML ------------------------------------------------------------------------------------------
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
+h1{font-size:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:2em}h3{margin-top:1.6em}
+table{border-collapse:collapse;margin:8px 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}tr.bound td{background:#fafafa;font-style:italic}
+.meta{font-size:0.85em;color:#444}.meta code{background:#f4f4f4;padding:1px 4px}.warn{background:#fff4e0;border-left:4px solid #f0a020;padding:6px 10px;margin:8px 0}
+.grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0;flex:0 1 auto}figcaption{font-size:0.8em;color:#555}
+.thumbs figure{flex:0 1 48%}.thumbs img{width:100%}
+img{max-width:100%;height:auto;border:1px solid #eee}pre{background:#f7f7f7;padding:8px;font-size:0.8em;overflow-x:auto}
+"""
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _figure_html(path: Path | None, caption: str) -> str:
+    if path is None or not path.is_file():
+        return ""
+    return f"<figure>{_img(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def _summary_table(doc: Mapping[str, Any]) -> str:
+    head = ["entry", "method", "seeds", "Dice (mean ± sd)", "gap closure (of means)", "gap closure (per seed)", "IoU", "NSD",
+            "HD95 mm", "ASD mm", "train s", "s/step", "peak RSS MB"]
+    rows = []
+    for name, e in doc["entries"].items():
+        gc = e.get("gap_closure") or {}
+        fg = e["foreground"]
+        cells = [name, e["method"] + (f" {json.dumps(e['params'])}" if e["params"] else ""), str(len(e["seeds"])), _pm(fg["DSC"]),
+                 _fmt(gc.get("of_means"), 2) if name not in (LOWER, UPPER) else "-",
+                 _pm(gc.get("over_seeds", {}), 2) if name not in (LOWER, UPPER) else "-",
+                 _pm(fg["IoU"]), _pm(fg["NSD"]), _pm(fg["HD95"], 2), _pm(fg["ASD"], 2),
+                 _pm(e["train_wall_time_s"], 0), _pm(e["seconds_per_step"], 3), _fmt(e["peak_rss_mb"].get("max"), 0)]
+        cls = ' class="bound"' if name in (LOWER, UPPER) else ""
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
+
+
+def _per_case_table(doc: Mapping[str, Any]) -> str:
+    entries = doc["entries"]
+    names = list(entries)
+    cases = list(next(iter(entries.values()))["per_case_dice"])
+    rows = []
+    for c in cases:
+        rows.append(f"<tr><td>{html.escape(c)}</td>" + "".join(f"<td>{_pm(entries[n]['per_case_dice'].get(c, {}))}</td>" for n in names) + "</tr>")
+    return ("<details><summary>per-case foreground Dice (mean ± sd over seeds)</summary><table><tr><th>case</th>"
+            + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>" + "".join(rows) + "</table></details>")
+
+
+def _meta(doc: Mapping[str, Any]) -> str:
+    b, w = doc["benchmark"], doc["written_by"]
+    sp = b["split"]
+    plan_bits = json.dumps({k: v for k, v in b["plan"].items() if v not in (None, {}, [])})
+    commands = sorted({r["command"] for r in doc["runs"]})
+    commits = sorted({r["git_commit"] for r in doc["runs"]})
+    machines = sorted({f"{r['machine'].get('platform')}, {r['machine'].get('cpu_count')} CPUs, {r['machine'].get('ram_gb')} GB, "
+                       f"torch {r['machine'].get('torch')}, device {r['train'].get('device')}" for r in doc["runs"]})
+    loads = [r["train"].get("load_average_1min_at_start") for r in doc["runs"]]
+    loads = [x for x in loads if x is not None]
+    plan = doc.get("plan") if isinstance(doc.get("plan"), dict) else {}
+    net = plan.get("network", {})
+    items = [
+        ("dataset", f"{b['dataset']} ({len(sp['labelled'])} labelled / {len(sp['unlabelled'])} unlabelled / {len(sp['test'])} test; "
+                    f"upper bound: {len(b['upper_split']['labelled'])} labelled)"),
+        ("tier", b.get("tier", "")),
+        ("budget", json.dumps(b["budget"])), ("plan recipe", plan_bits),
+        ("plan", f"spacing {plan.get('target_spacing')} mm (z, y, x), patch {plan.get('patch_size')}, {net.get('arch')} {net.get('features')}"
+                 if plan else "several plans (see the results file)"), ("predictor", json.dumps(b["predictor"] or "defaults")),
+        ("seeds", ", ".join(map(str, b["seeds"]))), ("config", b.get("config_file") or "(given as a mapping, not a file)"),
+        ("run commands", " | ".join(commands)), ("git commits", ", ".join(commits)), ("machines", " | ".join(machines)),
+        ("machine load at training start (1-min load average)", f"{min(loads):.1f} to {max(loads):.1f}" if loads else "n/a"),
+        ("results written", f"{w['time']} by <code>{html.escape(w['command'])}</code>"),
+    ]
+    return "<div class='meta'>" + "".join(
+        f"<div><b>{k}</b>: {v if k == 'results written' else '<code>' + html.escape(str(v)) + '</code>'}</div>" for k, v in items) + "</div>"
+
+
+def _warnings(doc: Mapping[str, Any], notes: Sequence[str]) -> str:
+    w = []
+    gap = doc.get("supervised_gap", {})
+    if gap.get("warning"):
+        w.append(gap["warning"])
+    if not gap.get("available", True):
+        w.append(gap.get("note", "gap closure unavailable"))
+    if not doc.get("complete", True):
+        w.append(f"incomplete benchmark; missing runs: {', '.join(doc.get('missing', []))}")
+    w += [f"skipped {s['entry']}: {s['reason']}" for s in doc.get("skipped", [])]
+    if doc.get("stale_pieces"):
+        w.append(f"{len(doc['stale_pieces'])} run(s) made with another configuration were left out")
+    w += list(notes)
+    return "".join(f"<div class='warn'>{html.escape(x)}</div>" for x in w)
+
+
+def benchmark_section(doc: Mapping[str, Any], out: Path) -> str:
+    """The HTML of one results document; its PNGs are written to ``out`` as ``<name>_*.png``."""
+    name = doc["benchmark"]["name"]
+    if not doc["entries"]:
+        return f"<h2>{html.escape(name)}</h2><div class='warn'>no finished runs yet</div>"
+    gap = doc.get("supervised_gap", {})
+    figs = [
+        _figure_html(plot_dice(doc, out / f"{name}_dice.png"), "Dice per method: mean over seeds with sd; dashed: lower bound, dotted: upper bound"),
+        _figure_html(plot_scatter(doc, out / f"{name}_per_case.png"), "per-case Dice against the lower bound"),
+        _figure_html(plot_classes(doc, out / f"{name}_per_class.png"), "Dice per class"),
+    ]
+    curves = plot_curves(doc, out / f"{name}_curves.png")
+    unl = plot_unlabelled(doc, out / f"{name}_unlabelled.png")
+    thumbs, notes = overlays(doc, out, name)
+    method_figs = []
+    shown: set[str] = set()
+    for r in doc["runs"]:  # a method's own figures and quality summaries, first seed of each entry
+        if r["entry"] in shown or not (r.get("figures") or r.get("pseudo_label_quality")):
+            continue
+        shown.add(r["entry"])
+        for f in r.get("figures", []):
+            p = Path(f)
+            if p.is_file():
+                method_figs.append(_figure_html(p, f"{r['entry']} seed {r['seed']}: {p.parent.name}/{p.name}"))
+            else:
+                notes.append(f"{r['entry']} seed {r['seed']}: figure {p} no longer on disk")
+        for where, q in (r.get("pseudo_label_quality") or {}).items():
+            brief = {k: v for k, v in q.items() if not isinstance(v, (dict, list))} if isinstance(q, dict) else q
+            method_figs.append(f"<figure><pre>{html.escape(json.dumps(brief, indent=1))}</pre>"
+                               f"<figcaption>{html.escape(r['entry'])} seed {r['seed']}: {html.escape(where)}</figcaption></figure>")
+    gap_text = ""
+    if gap.get("available"):
+        gap_text = (f"<p>Supervised gap (upper - lower, mean foreground Dice): <b>{_fmt(gap.get('of_means'))}</b>"
+                    f" (per seed: {_pm(gap.get('over_seeds', {}))}). Gap closure = (method - lower) / (upper - lower).</p>")
+    parts = [
+        f"<h2>{html.escape(name)}</h2>",
+        f"<p>{html.escape(doc['benchmark'].get('description', ''))}</p>" if doc["benchmark"].get("description") else "",
+        _meta(doc), _warnings(doc, notes), gap_text, _summary_table(doc), _per_case_table(doc),
+        "<h3>Dice</h3><div class='grid'>" + "".join(figs) + "</div>",
+        "<h3>Training curves</h3>" + (_figure_html(curves, "training losses (binned means over steps)") if curves else "<p>no training logs</p>"),
+        "<h3>Pseudo-label quality and uncertainty</h3>" + (
+            "<div class='grid'>" + _figure_html(unl, "Dice on the unlabelled cases") + "".join(method_figs) + "</div>"
+            if unl or method_figs else "<p>none of these methods produced pseudo-label or uncertainty figures "
+                                       "(set <code>score_unlabelled: true</code> to score predictions on the unlabelled cases)</p>"),
+        "<h3>Best and worst test case per entry</h3><div class='grid thumbs'>"
+        + "".join(_figure_html(p, cap) for cap, p in thumbs) + "</div>",
+    ]
+    return "\n".join(parts)
+
+
+def write_report(results: Sequence[str | Path], out_dir: str | Path) -> Path:
+    """Write ``out_dir/index.html`` (self-contained) and its PNGs for the given results files."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    docs = [load_results(p) for p in results]
+    if not docs:
+        raise ValueError("no results files given")
+    names = [d["benchmark"]["name"] for d in docs]
+    toc = "<ul>" + "".join(f"<li><a href='#{html.escape(n)}'>{html.escape(n)}</a></li>" for n in names) + "</ul>" if len(docs) > 1 else ""
+    body = "\n".join(f"<section id='{html.escape(d['benchmark']['name'])}'>{benchmark_section(d, out)}</section>" for d in docs)
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>semiseg benchmark: {html.escape(', '.join(names))}</title>"
+            f"<style>{_CSS}</style></head><body><h1>semiseg benchmark report</h1>{toc}{body}"
+            "<p class='meta'>Generated by <code>semiseg report</code>; every figure is embedded, so this file can be mailed as is.</p>"
+            "</body></html>\n")
+    index = out / "index.html"
+    atomic_write_text(index, page)
+    return index

@@ -1,0 +1,264 @@
+"""Benchmark harness on a tiny synthetic dataset: results structure, gap closure, resume, refusal of
+mixed configurations, self-training plug-in skipped cleanly, HTML report (self-contained, rendered by
+headless Chromium when installed) and the generated README table."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from semiseg.benchmark.config import ConfigError, config_from_dict, expand_cases, load_config
+from semiseg.benchmark.harness import run_benchmark
+from semiseg.benchmark.results import add_gap_closure, gap_closure
+from synthetic_data import make_dataset, tiny_overrides
+
+LABELLED, UNLABELLED, TEST = ["l0", "l1", "l2"], ["u0", "u1"], ["t0", "t1"]
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
+
+
+def raw_config(data: Path, base: Path, **changes) -> dict:
+    raw = {
+        "name": "tiny",
+        "dataset": str(data),
+        "split": {"labelled": ["l0..l2"], "unlabelled": UNLABELLED, "test": TEST},
+        "plan": {"overrides": tiny_overrides([8, 32, 32])},
+        "budget": {"iterations": 3, "batch_size": 2, "unlabelled_batch_size": 2, "train": {"checkpoint_every": 2}},
+        "methods": ["mean-teacher"],
+        "seeds": [0],
+        "predictor": {"device": "cpu"},
+        "score_unlabelled": True,
+        "work_dir": str(base / "work"),
+        "results_dir": str(base / "results"),
+    }
+    raw.update(changes)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bench")
+    data = make_dataset(base / "raw", LABELLED, UNLABELLED, TEST, shape=(8, 36, 36))
+    cfg_file = base / "tiny.yaml"
+    cfg_file.write_text(yaml.safe_dump(raw_config(data, base)))
+    cfg = load_config(cfg_file)
+    results = run_benchmark(cfg, device="cpu", progress=False, command=["semiseg", "benchmark", str(cfg_file)])
+    return {"base": base, "data": data, "cfg_file": cfg_file, "cfg": cfg, "results": results}
+
+
+def test_results_file_holds_every_number_with_its_provenance(bench):
+    doc = json.loads(bench["results"].read_text())
+    assert bench["results"] == bench["base"] / "results" / "tiny.json"
+    assert list(doc["entries"]) == ["lower", "upper", "mean-teacher"] and doc["complete"] and doc["missing"] == []
+    assert len(doc["runs"]) == 3
+    for r in doc["runs"]:
+        assert sorted(r["test"]["cases"]) == TEST
+        for case in TEST:
+            assert sorted(r["test"]["cases"][case]) == ["lesion", "organ"]
+            assert set(r["test"]["cases"][case]["organ"]) == {"DSC", "IoU", "NSD", "HD95", "ASD"}
+        assert r["command"] == f"semiseg benchmark {bench['cfg_file']}"
+        assert r["git_commit"] and r["machine"]["cpu_count"] >= 1 and r["machine"]["torch"]
+        assert r["budget"]["iterations"] == 3 and r["key"]["train_config"]["iterations"] == 3
+        t = r["train"]
+        assert t["wall_time_s"] > 0 and t["peak_rss_mb"] > 0 and t["seconds_per_step"] > 0 and t["steps"] == 3
+        assert r["curve"]["step"] == [0.0, 1.0, 2.0] and "loss" in r["curve"]
+        assert ("unlabelled" in r) == (r["entry"] != "upper")  # predictions on the unlabelled cases, scored on hidden labels
+    mt = doc["entries"]["mean-teacher"]
+    assert mt["seeds"] == [0] and mt["foreground"]["DSC"]["n"] == 1 and mt["foreground"]["DSC"]["std"] is None
+    assert set(mt["gap_closure"]) == {"per_seed", "over_seeds", "of_means"} and set(mt["gap_closure"]["per_seed"]) <= {"0"}
+    assert sorted(mt["per_class_dice"]) == ["lesion", "organ"] and sorted(mt["per_case_dice"]) == TEST
+    assert doc["supervised_gap"]["available"]
+    assert doc["written_by"]["command"] == f"semiseg benchmark {bench['cfg_file']}"
+    assert doc["plan"]["patch_size"] == [8, 32, 32] and all("plan" not in r["key"] for r in doc["runs"])  # one plan, stated once
+
+
+def test_one_plan_and_disjoint_data_for_every_run(bench):
+    work = bench["base"] / "work"
+    assert json.loads((work / "splits" / "upper.json").read_text())["labelled"] == LABELLED + UNLABELLED
+    assert (work / "upper" / "plan.json").read_text() == (work / "regime" / "plan.json").read_text()
+    regime_cache, upper_cache = work / "regime" / "cache", work / "upper" / "cache"
+    assert not list(regime_cache.glob("u*_seg.npy"))  # the regime never caches unlabelled labels
+    assert sorted(p.name for p in upper_cache.glob("*_seg.npy")) == sorted(f"{c}_seg.npy" for c in LABELLED + UNLABELLED)
+    assert not list(regime_cache.glob("t*")) and not list(upper_cache.glob("t*"))  # test cases are never trained on
+    assert sorted(p.name for p in (work / "test" / "labels").iterdir()) == [f"{c}.nii.gz" for c in TEST]
+
+
+def test_gap_closure_formula_on_hand_made_numbers():
+    assert gap_closure(0.85, 0.80, 0.90) == pytest.approx(0.5)
+    assert gap_closure(0.95, 0.80, 0.90) == pytest.approx(1.5)
+    assert gap_closure(0.80, 0.80, 0.80) is None and gap_closure(None, 0.8, 0.9) is None
+
+    def entry(d0: float, d1: float) -> dict:
+        mean = (d0 + d1) / 2
+        return {"per_seed": {"0": {"foreground": {"DSC": d0}}, "1": {"foreground": {"DSC": d1}}}, "foreground": {"DSC": {"mean": mean}}}
+
+    entries = {"lower": entry(0.70, 0.80), "upper": entry(0.90, 0.90), "m": entry(0.75, 0.90)}
+    gap = add_gap_closure(entries)
+    gc = entries["m"]["gap_closure"]
+    assert gc["per_seed"] == {"0": pytest.approx(0.25), "1": pytest.approx(1.0)}  # (0.75-0.7)/0.2, (0.9-0.8)/0.1
+    assert gc["over_seeds"]["mean"] == pytest.approx(0.625)
+    assert gc["of_means"] == pytest.approx((0.825 - 0.75) / (0.90 - 0.75))  # 0.5: not the mean of ratios
+    assert entries["lower"]["gap_closure"]["of_means"] == 0 and entries["upper"]["gap_closure"]["of_means"] == 1
+    assert gap["of_means"] == pytest.approx(0.15) and "warning" not in gap
+    entries = {"lower": entry(0.80, 0.80), "upper": entry(0.82, 0.81)}
+    assert "warning" in add_gap_closure(entries)  # a gap under 0.03 Dice is flagged
+
+
+def test_resume_skips_finished_runs(bench):
+    work = bench["base"] / "work"
+    pieces = sorted((work / "pieces").rglob("seed_*.json"))
+    models = sorted(work.rglob("model_final.pt"))
+    assert len(pieces) == 3 and len(models) == 3
+    before = {p: p.stat().st_mtime_ns for p in pieces + models}
+    cfg = load_config(bench["cfg_file"])
+    run_benchmark(cfg, device="cpu", progress=False)
+    assert {p: p.stat().st_mtime_ns for p in pieces + models} == before
+    # a lost piece is rebuilt from its trained model (not retrained): only that piece changes
+    lost = work / "pieces" / "mean-teacher" / "seed_0.json"
+    lost.unlink()
+    run_benchmark(cfg, device="cpu", progress=False)
+    assert lost.is_file()
+    assert {p: p.stat().st_mtime_ns for p in pieces + models if p != lost} == {p: t for p, t in before.items() if p != lost}
+    assert json.loads(bench["results"].read_text())["complete"]
+
+
+def test_changed_budget_is_refused_not_mixed(bench):
+    cfg = config_from_dict(raw_config(bench["data"], bench["base"], budget={"iterations": 4}))
+    with pytest.raises(ConfigError, match="different train_config"):
+        run_benchmark(cfg, device="cpu", progress=False)
+
+
+def test_selftrain_entry_is_skipped_when_its_pipeline_is_missing(bench, monkeypatch):
+    from semiseg.benchmark import runners
+
+    monkeypatch.setattr(runners.SelfTrainRunner, "module", "semiseg.selftrain._not_there_for_this_test")
+    cfg = config_from_dict(raw_config(bench["data"], bench["base"], name="tiny_st", methods=["uncertainty"]))
+    out = run_benchmark(cfg, only=["uncertainty"], device="cpu", progress=False)
+    doc = json.loads(out.read_text())
+    assert [s["entry"] for s in doc["skipped"]] == ["uncertainty"] and "not importable" in doc["skipped"][0]["reason"]
+    assert not doc["complete"] and doc["missing"] == ["uncertainty/seed_0"]
+    assert list(doc["entries"]) == ["lower", "upper"]  # the bounds already run in this work folder are reused
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"bogus": 1}, "unknown field"),
+    ({"split": {"labelled": ["l0", "l1"], "unlabelled": ["l1"], "test": ["t0"]}}, "both labelled and unlabelled"),
+    ({"methods": ["no-such-method"]}, "unknown method 'no-such-method'"),
+    ({"methods": ["supervised"]}, "lower bound"),
+    ({"methods": [{"name": "lower", "method": "cps"}]}, "reserved"),
+    ({"budget": {"iterations": 3, "train": {"iterations": 5}}}, "not allowed"),
+    ({"seeds": []}, "seeds"),
+    ({"predictor": {"tta": "9"}}, "predictor"),
+])
+def test_config_errors_name_the_field(bench, change, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw_config(bench["data"], bench["base"], **change))
+
+
+def test_case_ranges():
+    assert expand_cases(["la_008..la_011", "x"], "t") == ["la_008", "la_009", "la_010", "la_011", "x"]
+    with pytest.raises(ConfigError, match="bad range"):
+        expand_cases(["a_1..b_2"], "t")
+
+
+@pytest.fixture(scope="module")
+def report(bench):
+    from semiseg.benchmark.report import write_report
+
+    return write_report([bench["results"]], bench["base"] / "report")
+
+
+def test_report_is_self_contained(report):
+    page = report.read_text()
+    srcs = re.findall(r'src="([^"]*)"', page)
+    assert len(srcs) >= 5 + 6  # dice, per-case, per-class, curves, unlabelled + best/worst of 3 entries
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re.search(r"(src|href)=['\"]?(https?:|//|file:)", page) and "<link" not in page and "<script" not in page
+    for name in ("tiny_dice.png", "tiny_per_case.png", "tiny_per_class.png", "tiny_curves.png", "tiny_unlabelled.png",
+                 "tiny_overlay_mean-teacher_best.png", "tiny_overlay_lower_worst.png"):
+        assert (report.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert "gap closure" in page and "mean-teacher" in page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    from PIL import Image
+
+    shot = tmp_path / "shot.png"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,900", report.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), f"no screenshot (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
+    assert pixels.shape[:2] == (900, 1200)
+    assert pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # text and plots, not a blank page
+
+
+def test_readme_table_is_generated_between_markers(bench, tmp_path):
+    from semiseg.benchmark.readme_table import END, START, main, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n\n{START}\nstale\n{END}\n\nafter\n")
+    results_dir = bench["base"] / "results"
+    assert update_readme(readme, results_dir) is True
+    text = readme.read_text()
+    assert text.startswith("# title\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "stale" not in text
+    assert "| lower bound (supervised, labelled only) | 1 |" in text and "| mean-teacher | 1 |" in text
+    assert "semiseg benchmark" in text
+    assert update_readme(readme, results_dir) is False  # idempotent
+    assert main(["--readme", str(readme), "--results", str(results_dir), "--check"]) == 0
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        update_readme(readme, results_dir)
+
+
+def test_cli_parses_and_reports(bench, tmp_path):
+    from semiseg.benchmark.cli import register_cli
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quiet", action="store_true")
+    register_cli(ap.add_subparsers(dest="command", required=True))
+    a = ap.parse_args(["benchmark", "x.yaml", "--only", "lower", "mean-teacher", "--seeds", "0", "2", "--device", "cpu"])
+    assert a.only == ["lower", "mean-teacher"] and a.seeds == [0, 2] and a.device == "cpu"
+    a = ap.parse_args(["--quiet", "report", str(bench["results"]), "--out", str(tmp_path / "r")])
+    assert a.func(a) == 0 and (tmp_path / "r" / "index.html").is_file()
+
+
+def test_unknown_method_param_is_an_error(bench):
+    with pytest.raises(ConfigError, match="unknown params"):
+        config_from_dict(raw_config(bench["data"], bench["base"], methods=[{"method": "mean-teacher", "params": {"ema_decy": 0.9}}]))
+
+
+def test_selftrain_entry_runs_through_the_pipeline(bench):
+    from semiseg.benchmark.runners import runner_for
+
+    reason = runner_for("unfiltered").unavailable()
+    if reason:
+        pytest.skip(reason)
+    cfg = config_from_dict(raw_config(bench["data"], bench["base"], name="tiny_self", seeds=[0],
+                                      methods=[{"method": "unfiltered", "params": {"k": 2, "rounds": 1}}]))
+    doc = json.loads(run_benchmark(cfg, only=["unfiltered"], device="cpu", progress=False).read_text())
+    run = next(r for r in doc["runs"] if r["entry"] == "unfiltered")
+    assert run["train"]["steps"] == 3 and sorted(run["test"]["cases"]) == TEST
+    seed_dir = bench["base"] / "work" / "regime" / "models" / "unfiltered" / "seed_0"
+    assert (seed_dir / "cache").resolve() == (bench["base"] / "work" / "regime" / "cache").resolve()  # shared preprocessing
+    assert any("uncertainty" in f for f in run["figures"])
+
+
+def test_readme_table_leaves_out_other_json(bench, tmp_path):
+    from semiseg.benchmark.readme_table import END, START, update_readme
+
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    shutil.copy(bench["results"], results_dir / "tiny.json")
+    (results_dir / "other_tool.json").write_text('{"not": "a benchmark"}')
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\n{END}\n")
+    assert update_readme(readme, results_dir) and "tiny" in readme.read_text() and "other_tool" not in readme.read_text()
