@@ -151,7 +151,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
         atomic_write_json(out / "profile.json", report.to_dict())
         report.plot(out / "profile.png")
-        print(json.dumps(report.to_dict(), indent=2))
+        summary = {k: v for k, v in report.to_dict().items() if k != "samples"}
+        print(json.dumps(summary, indent=2) + f"\nsamples and plot: {out / 'profile.json'}, {out / 'profile.png'}")
     else:
         written = pred.predict_folder(a.input, a.output, overwrite=a.overwrite, progress=not a.quiet)
     print(f"{len(written)} case(s) -> {a.output} ({time.time() - t0:.1f} s, {len(pred.networks)} model(s))")
