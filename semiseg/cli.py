@@ -116,9 +116,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def predictor_config(a: argparse.Namespace) -> Any:
     from semiseg.inference import PredictorConfig
+    from semiseg.inference.cli import backend_kwargs
 
     return PredictorConfig(step=a.step, gaussian=not a.no_gaussian, tta=a.tta, precision=a.precision,
-                           resample=a.resample, device=a.device, batch=a.batch, threads=a.threads)
+                           resample=a.resample, device=a.device, batch=a.batch, threads=a.threads, **backend_kwargs(a))
 
 
 def load_postprocess(spec: str | None, model_path: str) -> Any:
@@ -183,10 +184,14 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-gaussian", action="store_true", help="uniform window weights")
     p.add_argument("--tta", default="none", choices=["none", "3", "7"], help="mirroring test-time augmentation")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--resample", default="probabilities", choices=["probabilities", "argmax"],
-                   help="probabilities: resample softmax to the input grid; argmax: labels then nearest (fast, low memory)")
+    p.add_argument("--resample", default="probabilities", choices=["probabilities", "logits", "argmax"],
+                   help="probabilities: resample softmax to the input grid; logits: resample logits (as nnU-Net); "
+                        "argmax: labels then nearest (fast, low memory)")
     p.add_argument("--batch", type=int, default=2, help="windows per forward pass")
     p.add_argument("--threads", type=int, default=None)
+    from semiseg.inference.cli import add_backend_options
+
+    add_backend_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ImageError, FileNotFoundError, ValueError, KeyError, PermissionError) as e:
+    except (ImageError, FileNotFoundError, ValueError, KeyError, PermissionError, ImportError) as e:
         print(f"semiseg {args.command}: error: {e}", file=sys.stderr)
         return 2
 

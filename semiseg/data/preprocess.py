@@ -46,7 +46,8 @@ def normalize(image: np.ndarray, schemes: list[dict[str, Any]]) -> np.ndarray:
     for c, sch in enumerate(schemes):
         o = out[c]
         if sch["scheme"] == "ct":
-            np.clip(image[c].astype(np.float32, copy=False), sch["lower"], sch["upper"], out=o)
+            o[...] = image[c]
+            np.clip(o, np.float32(sch["lower"]), np.float32(sch["upper"]), out=o)
             o -= np.float32(sch["mean"])
             o /= np.float32(max(sch["std"], 1e-8))
         elif sch["scheme"] == "zscore":

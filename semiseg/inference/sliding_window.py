@@ -1,22 +1,34 @@
-"""Sliding-window inference over a preprocessed (C, z, y, x) volume, nnU-Net style.
+"""Sliding-window inference over a preprocessed (C, z, y, x) volume, nnU-Net style, streamed in z-slabs.
 
 Windows are placed like nnU-Net's ``compute_steps_for_sliding_window`` (``step`` is the stride as a
-fraction of the patch: 0.5 = half overlap, 0.9 = the FLARE22 papers' fast setting), weighted by a
-Gaussian (sigma = patch/8) so window borders count less, and run ``batch`` windows at a time (batch >= 2
-keeps CPU 3D convolutions off PyTorch's slow path). Outputs are accumulated in place, never stacked.
+fraction of the patch: 0.5 = half overlap, 0.9 = the FLARE22 papers' fast setting), weighted by
+nnU-Net's Gaussian (sigma = patch/8, centre patch // 2) so window borders count less, and run ``batch`` windows at a time (batch >= 2
+keeps CPU 3D convolutions off PyTorch's slow path).
+
+Devices: windows are cut from the CPU volume and moved to ``device`` a batch at a time; accumulators
+sit on ``device`` too, and each finished slab is moved back to the CPU.
+
+Memory: windows are visited in z-major order, so once every window starting at or before a z row is
+done, all voxels above the next row's start are final. :func:`iter_slabs` keeps accumulators only for
+the z range still open (about one patch deep) and hands each finished slab to the caller, who can turn
+it into labels at once; no (K, full volume) tensor exists unless the caller builds one
+(:func:`sliding_window` does, for callers that want the whole logit volume).
 """
 from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from semiseg.networks import main_output
+
+Net = nn.Module | Callable[[torch.Tensor], torch.Tensor]
 
 # TTA: the flip sets nnU-Net uses (axes of the spatial dims of a (B, C, z, y, x) tensor)
 TTA_AXES: dict[str, list[tuple[int, ...]]] = {
@@ -42,11 +54,17 @@ def window_starts(image_size: int, tile: int, step: float) -> list[int]:
 
 @lru_cache(maxsize=8)
 def _gaussian(patch: tuple[int, ...], sigma_scale: float = 1 / 8) -> torch.Tensor:
-    grids = torch.meshgrid(*[torch.arange(p, dtype=torch.float64) for p in patch], indexing="ij")
+    """nnU-Net v2's importance map: a Gaussian (sigma = patch * sigma_scale) centred on voxel patch // 2,
+    maximum 1. nnU-Net builds it by Gaussian-filtering a delta (scipy, truncated at 4 sigma: never inside
+    the patch at sigma = patch/8), which is this product of sampled 1D Gaussians; the same centre keeps
+    our labels equal to nnU-Net's (a centre at (p - 1)/2 changes the weights by up to 15 % for p = 20)."""
     g = torch.ones(patch, dtype=torch.float64)
     for ax, p in enumerate(patch):
         sigma = p * sigma_scale
-        g = g * torch.exp(-((grids[ax] - (p - 1) / 2) ** 2) / (2 * sigma**2))
+        x = torch.arange(p, dtype=torch.float64) - p // 2
+        shape = [1] * len(patch)
+        shape[ax] = p
+        g = g * torch.exp(-(x**2) / (2 * sigma**2)).reshape(shape)
     g = g / g.max()
     g = torch.clamp(g, min=float(g[g > 0].min()))  # no zero weights (nnU-Net does the same)
     return g.float()
@@ -57,7 +75,8 @@ def importance_map(patch: Sequence[int], gaussian: bool) -> torch.Tensor:
 
 
 def pad_to_patch(data: np.ndarray | torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """Zero-pad spatial dims up to the patch size (centred); returns the padded tensor and the pads."""
+    """Zero-pad spatial dims up to the patch size (centred); returns the padded tensor and the pads.
+    No copy is made when the volume already covers the patch."""
     t = torch.as_tensor(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else data
     pads = []
     for s, p in zip(t.shape[1:], patch):
@@ -69,8 +88,116 @@ def pad_to_patch(data: np.ndarray | torch.Tensor, patch: Sequence[int]) -> tuple
     return t, pads
 
 
+@dataclass
+class Slab:
+    """Finished z rows ``[z0, z1)`` of the unpadded volume: one (K, z1 - z0, y, x) float32 tensor of
+    Gaussian-weighted mean logits per network."""
+
+    z0: int
+    z1: int
+    logits: list[torch.Tensor]
+
+
+def _forward(net: Net, xb: torch.Tensor, flips: list[tuple[int, ...]], device: torch.device,
+             autocast_dtype: torch.dtype | None, prepare: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    """Mean over the TTA flips of one network's logits for a batch of windows, float32 on ``device``."""
+    out: torch.Tensor | None = None
+    for axes in flips:
+        xi = torch.flip(xb, axes) if axes else xb
+        if prepare is not None:
+            xi = prepare(xi)
+        if autocast_dtype is not None:
+            with torch.autocast(device_type=device.type, dtype=autocast_dtype):
+                yi = main_output(net(xi))
+        else:
+            yi = main_output(net(xi))
+        if yi.is_mkldnn:
+            yi = yi.to_dense()
+        yi = yi.float()
+        yi = torch.flip(yi, axes) if axes else yi
+        out = yi if out is None else out.add_(yi)
+    assert out is not None
+    return out.div_(len(flips)) if len(flips) > 1 else out
+
+
+def iter_slabs(
+    nets: Sequence[Net],
+    data: np.ndarray | torch.Tensor,
+    patch: Sequence[int],
+    num_outputs: int,
+    step: float = 0.5,
+    gaussian: bool = True,
+    tta: str = "none",
+    batch: int = 2,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Iterator[Slab]:
+    """Run every network on each batch of windows and yield finished z-slabs in order.
+
+    Live memory is the input plus ``len(nets) x K x (about one patch depth) x y x x`` float32, whatever the
+    volume's depth. All networks see each window batch once, so an ensemble needs one pass over the data."""
+    if tta not in TTA_AXES:
+        raise ValueError(f"unknown TTA '{tta}' (choose {list(TTA_AXES)})")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if len(patch) != 3:
+        raise ValueError(f"patch must have 3 dims (z, y, x), got {list(patch)}")
+    device = torch.device(device)
+    x, pads = pad_to_patch(data, patch)
+    if x.ndim != 4:
+        raise ValueError(f"expected a (C, z, y, x) volume, got shape {tuple(x.shape)}")
+    x = x.float()
+    shape = tuple(x.shape[1:])
+    pz = int(patch[0])
+    starts = [window_starts(s, int(p), step) for s, p in zip(shape, patch)]
+    windows = list(itertools.product(*starts))  # z-major: rows of equal z start are contiguous
+    weight = importance_map(patch, gaussian).to(device)
+    flips = TTA_AXES[tta]
+    (za, zb), (ya, yb), (xa, xb) = pads
+    crop_yx = (slice(ya, shape[1] - yb), slice(xa, shape[2] - xb))
+
+    lo = 0  # first z row still held in the accumulators (padded coordinates)
+    # accumulators live on the device (slab-sized, so small on a GPU too); finished slabs come back to the CPU
+    accs = [torch.zeros((num_outputs, 0, *shape[1:]), device=device) for _ in nets]
+    norm = torch.zeros((0, *shape[1:]), device=device)
+
+    def emit(upto: int) -> Iterator[Slab]:
+        nonlocal lo, accs, norm
+        a, b = max(lo, za), min(upto, shape[0] - zb)  # drop padded rows
+        if b > a:
+            n = norm[a - lo : b - lo][(slice(None), *crop_yx)]
+            outs = [(acc[:, a - lo : b - lo][(slice(None), slice(None), *crop_yx)] / n).cpu() for acc in accs]
+            yield Slab(a - za, b - za, outs)
+        accs = [acc[:, upto - lo :] for acc in accs]
+        norm = norm[upto - lo :]
+        lo = upto
+
+    with torch.inference_mode():
+        for i in range(0, len(windows), batch):
+            chunk = windows[i : i + batch]
+            hi = max(w[0] for w in chunk) + pz
+            have = lo + norm.shape[0]
+            if hi > have:  # extend the open z range
+                accs = [torch.cat([acc, acc.new_zeros((num_outputs, hi - have, *shape[1:]))], 1) for acc in accs]
+                norm = torch.cat([norm, norm.new_zeros((hi - have, *shape[1:]))], 0)
+            sls = [tuple(slice(s, s + int(p)) for s, p in zip(w, patch)) for w in chunk]
+            inp = torch.stack([x[(slice(None),) + sl] for sl in sls]).to(device)
+            for net, acc in zip(nets, accs):
+                out = _forward(net, inp, flips, device, autocast_dtype, prepare) * weight
+                for j, w in enumerate(chunk):
+                    z = w[0] - lo
+                    acc[:, z : z + pz, sls[j][1], sls[j][2]] += out[j]
+            for j, w in enumerate(chunk):
+                z = w[0] - lo
+                norm[z : z + pz, sls[j][1], sls[j][2]] += weight
+            nxt = windows[i + batch][0] if i + batch < len(windows) else shape[0]
+            if nxt > lo:
+                yield from emit(nxt)
+
+
 def sliding_window(
-    net: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    net: Net,
     data: np.ndarray | torch.Tensor,
     patch: Sequence[int],
     num_outputs: int,
@@ -84,46 +211,11 @@ def sliding_window(
 ) -> torch.Tensor:
     """Weighted mean of the network's raw outputs over all windows: (num_outputs, z, y, x) float32 on CPU.
 
+    Holds the whole logit volume; prediction of label maps streams slabs instead (:func:`iter_slabs`).
     ``prepare`` converts an input batch before the forward pass (e.g. to an mkldnn tensor) and must give
     back something the net accepts; the output is converted back to a dense CPU tensor."""
-    if tta not in TTA_AXES:
-        raise ValueError(f"unknown TTA '{tta}' (choose {list(TTA_AXES)})")
-    device = torch.device(device)
-    x, pads = pad_to_patch(data, patch)
-    x = x.float()
-    shape = x.shape[1:]
-    starts = [window_starts(s, p, step) for s, p in zip(shape, patch)]
-    windows = list(itertools.product(*starts))
-    weight = importance_map(patch, gaussian)
-    acc = torch.zeros((num_outputs, *shape), dtype=torch.float32)
-    norm = torch.zeros(shape, dtype=torch.float32)
-    flips = TTA_AXES[tta]
-    with torch.inference_mode():
-        for i in range(0, len(windows), batch):
-            chunk = windows[i : i + batch]
-            sls = [tuple(slice(s, s + p) for s, p in zip(w, patch)) for w in chunk]
-            inp = torch.stack([x[(slice(None),) + sl] for sl in sls]).to(device)
-            out = None
-            for axes in flips:
-                xi = torch.flip(inp, axes) if axes else inp
-                if prepare is not None:
-                    xi = prepare(xi)
-                if autocast_dtype is not None:
-                    with torch.autocast(device_type=device.type, dtype=autocast_dtype):
-                        yi = main_output(net(xi))
-                else:
-                    yi = main_output(net(xi))
-                if yi.is_mkldnn:
-                    yi = yi.to_dense()
-                yi = yi.float()
-                yi = torch.flip(yi, axes) if axes else yi
-                out = yi if out is None else out + yi
-            assert out is not None
-            out = (out / len(flips)).cpu() * weight
-            for j, sl in enumerate(sls):
-                acc[(slice(None),) + sl] += out[j]
-                norm[sl] += weight
-    acc /= norm
-    # crop the padding away
-    crop = tuple(slice(a, s - b) for (a, b), s in zip(pads, shape))
-    return acc[(slice(None),) + crop]
+    shape = tuple(data.shape[1:])
+    out = torch.empty((num_outputs, *shape), dtype=torch.float32)
+    for slab in iter_slabs([net], data, patch, num_outputs, step, gaussian, tta, batch, device, autocast_dtype, prepare):
+        out[:, slab.z0 : slab.z1] = slab.logits[0]
+    return out
