@@ -135,6 +135,11 @@ class CPS(Method):
         with_dice = self.params["cps_dice"]
         cps_u = cross_pseudo_loss(main_output(u1), main_output(u2), with_dice)
         cps_l = cross_pseudo_loss(main_output(l1), main_output(l2), with_dice) if self.params["cps_on_labelled"] else sup.new_zeros(())
+        return self.combine_and_step(sup, cps_l, cps_u, l1, l2, label, ctx)
+
+    def combine_and_step(self, sup: torch.Tensor, cps_l: torch.Tensor, cps_u: torch.Tensor, l1: Output, l2: Output,
+                         label: torch.Tensor, ctx: StepContext) -> dict[str, float]:
+        """Shared by CPS and DLUNet: weight the cross terms (ramp-up x ALW), step both nets, log."""
         w, factor = self.cps_weight(ctx), self.unlabelled_factor()
         loss = sup + w * (cps_l + factor * cps_u)
         self.optimize(loss, "net1", "net2")
@@ -200,10 +205,4 @@ class DLUNet(CPS):
         sup = self.seg_loss(l1, label, ctx) + self.seg_loss(l2, label, ctx)
         cps_u = self.seg_loss(u1, y2_mix, ctx) + self.seg_loss(u2, y1_mix, ctx)
         cps_l = cross_pseudo_loss(main_output(l1), main_output(l2), self.params["cps_dice"]) if self.params["cps_on_labelled"] else sup.new_zeros(())
-        w, factor = self.cps_weight(ctx), self.unlabelled_factor()
-        loss = sup + w * (cps_l + factor * cps_u)
-        self.optimize(loss, "net1", "net2")
-        dice = 0.5 * (supervised_dice(l1, label) + supervised_dice(l2, label))
-        self.alw.observe(dice)
-        return {"loss": float(loss.detach()), "sup": float(sup.detach()), "cps_u": float(cps_u.detach()),
-                "cps_w": w, "alw": factor, "sup_dice": dice}
+        return self.combine_and_step(sup, cps_l, cps_u, l1, l2, label, ctx)
