@@ -319,3 +319,24 @@ def test_an_interrupted_round_resumes_without_redoing_finished_work(run: Run, mo
     again = mtimes(sorted(root.rglob("*.pt")))
     run_selftrain(run, cfg, progress=False)  # everything finished: nothing is redone
     assert mtimes(list(again)) == again
+
+
+def test_round0_fold_models_are_trained_once_and_shared_between_methods(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained: list[Path] = []
+    real_train = P.train
+    monkeypatch.setattr(P, "train", lambda plan, tc, spec, out, **kw: trained.append(Path(out)) or real_train(plan, tc, spec, out, **kw))
+    run_selftrain(run, tiny("unfiltered", evaluate_quality=False), progress=False)
+    assert {p.name for p in trained} == {"fold_0", "fold_1", "final"}
+    trained.clear()
+    run_selftrain(run, tiny("noisy-student", evaluate_quality=False), progress=False)
+    root = run.root / "selftrain_noisy-student"
+    assert [p.name for p in trained] == ["student", "finetune"]  # the teacher folds came from the store
+    for f in (0, 1):
+        mine, theirs = root / "teacher" / f"fold_{f}", run.root / "selftrain_unfiltered" / "round_0" / f"fold_{f}"
+        assert (mine / "model_final.pt").read_bytes() == (theirs / "model_final.pt").read_bytes()
+        assert "shared_from" in json.loads((mine / P.MANIFEST_FILE).read_text())
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["models_reused_from_another_method"] == ["teacher/fold_0", "teacher/fold_1"]
+    trained.clear()
+    run_selftrain(run, tiny("uncertainty", seed=1, evaluate_quality=False), progress=False)  # another seed: other models
+    assert {p.name for p in trained} == {"fold_0", "fold_1", "final"}

@@ -29,6 +29,7 @@ training or selection reads.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -228,9 +229,30 @@ def training_spec(run: Run, labelled: list[str], pseudo_dir: Path | None, pseudo
     return DataSpec(pool_dir, sorted(labelled) + sorted(pseudo))
 
 
+def shared_models_dir(run: Run) -> Path:
+    """Where models trained on labelled cases only are shared between self-training methods: next to
+    the (resolved) preprocessing cache, so seed runs that link one cache share one store too."""
+    return run.cache.resolve().parent / "selftrain_shared_models"
+
+
+def _share_key(plan: Plan, tc: TrainConfig, spec: DataSpec) -> str:
+    """A model is determined by its plan, training config and data: the same inputs give the same model."""
+    inputs = {"plan": dataclasses.asdict(plan), "train_config": dataclasses.asdict(tc), "cache": str(Path(spec.cache).resolve()),
+              "labelled": sorted(spec.labelled)}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+_SHARED_FILES = ("model_final.pt", "plan.json", "train_config.json", "log.json", "curve.png")
+
+
 def train_model(plan: Plan, tc: TrainConfig, spec: DataSpec, out: Path, device: str | None = None,
-                progress: bool = True, init_weights: Path | None = None) -> Path:
-    """``train`` with a manifest of its inputs, so a finished model is reused only for the same inputs."""
+                progress: bool = True, init_weights: Path | None = None, share_dir: Path | None = None) -> Path:
+    """``train`` with a manifest of its inputs, so a finished model is reused only for the same inputs.
+
+    With ``share_dir``, a model trained on labelled cases only (the round-0 fold models, which are the
+    same for uncertainty, unfiltered and the noisy student's teacher) is taken from that store when an
+    identical one was trained before, and published there after training; ``shared_from`` in the
+    manifest says so (its training time then belongs to the method that trained it first)."""
     def rel(p: Path | None) -> str | None:  # relative, so a moved run folder still resumes
         return os.path.relpath(p, out) if p is not None else None
 
@@ -238,10 +260,37 @@ def train_model(plan: Plan, tc: TrainConfig, spec: DataSpec, out: Path, device: 
                 "pseudo_per_labelled": spec.pseudo_per_labelled, "train_config": dataclasses.asdict(tc),
                 "features": plan.network.features, "init_weights": rel(init_weights)}
     path = out / MANIFEST_FILE
-    if path.is_file() and json.loads(path.read_text()) != json.loads(json.dumps(manifest)):
-        raise ValueError(f"{out}: holds a model trained on other inputs than now requested; remove the folder to retrain it")
-    atomic_write_json(path, manifest)
-    return train(plan, tc, spec, out, resume=True, device=device, progress=progress, init_weights=init_weights)
+    if path.is_file():
+        old = json.loads(path.read_text())
+        old.pop("shared_from", None)
+        if old != json.loads(json.dumps(manifest)):
+            raise ValueError(f"{out}: holds a model trained on other inputs than now requested; remove the folder to retrain it")
+    shared = None
+    if share_dir is not None and not spec.pseudo and init_weights is None:
+        shared = share_dir / _share_key(plan, tc, spec)
+    final = out / "model_final.pt"
+    if shared is not None and not final.is_file() and (shared / "model_final.pt").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {**manifest, "shared_from": str(shared)})
+        for name in _SHARED_FILES:  # model_final.pt last: its presence marks the folder finished
+            if name != "model_final.pt" and (shared / name).is_file():
+                link_or_copy(shared / name, out / name)
+        link_or_copy(shared / "model_final.pt", final)
+        return final
+    if not path.is_file():
+        atomic_write_json(path, manifest)
+    model = train(plan, tc, spec, out, resume=True, device=device, progress=progress, init_weights=init_weights)
+    if shared is not None and Path(model).is_file() and not (shared / "model_final.pt").is_file():
+        tmp = shared.with_name(f".{shared.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for name in _SHARED_FILES:
+            if (out / name).is_file():
+                link_or_copy(out / name, tmp / name)
+        try:
+            os.replace(tmp, shared)
+        except OSError:  # another process published the same model first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return model
 
 
 def train_ensemble(run: Run, plan: Plan, cfg: SelfTrainConfig, folder: Path, prev: RoundResult | None,
@@ -253,7 +302,8 @@ def train_ensemble(run: Run, plan: Plan, cfg: SelfTrainConfig, folder: Path, pre
         spec = training_spec(run, split["train"], pseudo_dir, pseudo, cfg.ratio, folder / "train_cache")
         tc = train_config(plan, cfg, seed=cfg.seed + f)
         _note(f"{folder.name} fold {f}/{cfg.k}: {len(split['train'])} labelled + {len(pseudo)} pseudo-labelled", progress)
-        models.append(train_model(plan, tc, spec, folder / f"fold_{f}", device, progress))
+        share = shared_models_dir(run) if not pseudo else None  # round 0: the same models for every method
+        models.append(train_model(plan, tc, spec, folder / f"fold_{f}", device, progress, share_dir=share))
     return models
 
 
@@ -441,6 +491,8 @@ def run_selftrain(run: Run, cfg: SelfTrainConfig, device: str | None = None, pro
     plan = run.plan
     stages = _noisy_student if cfg.method == "noisy-student" else _self_learning
     final, rounds = stages(run, plan, cfg, root, device, progress)
+    reused = sorted(str(p.parent.relative_to(root)) for p in root.rglob(MANIFEST_FILE) if "shared_from" in json.loads(p.read_text()))
     atomic_write_json(root / "summary.json", _json_safe({"method": cfg.method, "final_model": str(final),
-                                                         "rounds": [_round_summary(r) for r in rounds]}))
+                                                         "rounds": [_round_summary(r) for r in rounds],
+                                                         "models_reused_from_another_method": reused}))
     return final
