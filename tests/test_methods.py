@@ -249,6 +249,17 @@ def test_mpl_finetune_steps_train_student_only():
     assert changed(s0, m.student) and not changed(t0, m.teacher)
 
 
+def test_mpl_warmup_steps_train_teacher_only_on_labels():
+    m = build("mpl", {"warmup_steps": 10})
+    t0, s0 = snapshot(m.teacher), snapshot(m.student)
+    batch = make_batch()
+    r = m.training_step({"image": batch["image"], "label": batch["label"]}, StepContext(3, 100, torch.device("cpu")))
+    assert "h" not in r and r["teacher_sup"] > 0  # no student step, no unlabelled batch needed
+    assert changed(t0, m.teacher) and not changed(s0, m.student)
+    r = m.training_step(make_batch(), StepContext(10, 100, torch.device("cpu")))
+    assert "h" in r and changed(s0, m.student)
+
+
 class SignNet(nn.Module):
     """Two-class 'network' whose argmax is 1 exactly where the input is positive."""
 

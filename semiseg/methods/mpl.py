@@ -56,8 +56,11 @@ class MetaPseudoLabels(Method):
       pseudo "hard" | "soft" (student's targets: teacher argmax, or teacher softmax / temperature);
       temperature 1.0 (soft only); sup_weight 1.0 (teacher's supervised term); mpl_weight 1.0
       (student-feedback term); mpl_loss "ce" | "dice_ce"; feedback_sign 1 (h = old - new; -1 = as the
-      FLARE22 paper prints it); finetune_steps 0 (the last N steps train the student on labelled data
-      only, Pham et al.'s final fine-tuning; 0 leaves it to a separate supervised run).
+      FLARE22 paper prints it); warmup_steps 0 (the first N steps train only the teacher, on labelled
+      data: the FLARE22 paper first trains the teacher on the labelled cases, so the student does not
+      start from an untrained teacher's all-background argmax); finetune_steps 0 (the last N steps
+      train the student on labelled data only, Pham et al.'s final fine-tuning; 0 leaves it to a
+      separate supervised run).
     The UDA term of Pham et al.'s teacher is omitted.
     """
 
@@ -65,7 +68,7 @@ class MetaPseudoLabels(Method):
     needs_unlabelled = True
     defaults: dict[str, Any] = {
         "pseudo": "hard", "temperature": 1.0, "sup_weight": 1.0, "mpl_weight": 1.0, "mpl_loss": "ce",
-        "feedback_sign": 1, "finetune_steps": 0,
+        "feedback_sign": 1, "warmup_steps": 0, "finetune_steps": 0,
     }
 
     def __init__(self, make_net, num_classes, params, train_cfg):
@@ -89,6 +92,11 @@ class MetaPseudoLabels(Method):
                 loss = dice_ce(self.student(image), label)
             self.optimize(loss, "student")
             return {"loss": float(loss.detach()), "student_sup": float(loss.detach())}
+        if ctx.step < p["warmup_steps"]:
+            with self.autocast(ctx.device):
+                t_sup = dice_ce(self.teacher(image), label)
+            self.optimize(t_sup, "teacher")
+            return {"teacher_loss": float(t_sup.detach()), "teacher_sup": float(t_sup.detach())}
         u_image = batch["u_image"]
         n = image.shape[0]
         # 1. teacher on labelled + unlabelled; its pseudo-labels carry no gradient to the student
