@@ -19,6 +19,8 @@ nnU-Net runs its documented single-array entry point ``predict_single_npy_array`
 sliding window with fp16 accumulators -> resample logits to the input grid -> argmax -> uncrop). Each
 predictor runs in its own subprocess with the same torch thread count; we time reading the image,
 prediction and writing the NIfTI for both, and take the peak RSS (ru_maxrss) of each process.
+The last row is the torch-free deployment path (``python -m semiseg.deploy``: numpy + ONNX Runtime on the
+model's ONNX export, exported before the timed runs), whose process never imports torch.
 
 Results: benchmarks/results/nnunet_compare.json and .md (exact command, git commit, machine, versions).
 """
@@ -198,6 +200,26 @@ def semiseg_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cases": cases}
 
 
+def deploy_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """The torch-free path (semiseg.deploy): numpy + SimpleITK/nibabel + ONNX Runtime; reports whether
+    torch was ever imported (it must not be: that is the point of the row)."""
+    sys.path.insert(0, str(ROOT))
+    from semiseg.deploy import DeployPredictor
+
+    t = time.perf_counter()
+    pred = DeployPredictor([spec["onnx"]], step=spec["step"], threads=spec["threads"], **spec.get("options", {}))
+    load_s = time.perf_counter() - t
+    rss_loaded = rss_mb()
+    cases = []
+    for case, paths in spec["cases"].items():
+        out = Path(spec["out_dir"]) / f"{case}.nii.gz"
+        t = time.perf_counter()
+        pred.predict_files([Path(p) for p in paths], out)
+        cases.append({"case": case, "seconds": time.perf_counter() - t, "output": str(out)})
+    return {"load_s": load_s, "rss_after_load_mb": rss_loaded, "torch_imported": "torch" in sys.modules,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cases": cases}
+
+
 def run_worker(python: Path, kind: str, spec: dict[str, Any], timeout: int) -> dict[str, Any]:
     Path(spec["out_dir"]).mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -265,12 +287,14 @@ SEMISEG_CONFIGS: dict[str, dict[str, Any]] = {
     "semiseg reference (probabilities, fp32, batch 2)": {},
     "semiseg argmax resample (fp32, batch 4)": {"resample": "argmax", "batch": 4},
 }
+DEPLOY_ROW = "semiseg deploy (ONNX Runtime, no torch)"  # python -m semiseg.deploy: probabilities, batch 2
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nnunet-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--semiseg-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--deploy-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model", default=None, help="model_final.pt or folder (default: the tiny model of predict_bench.py, trained if missing)")
     ap.add_argument("--data", default="/work/shared/data/ChaosT2")
     ap.add_argument("--cases", type=int, default=2)
@@ -292,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.semiseg_worker:
         print(json.dumps(semiseg_worker(json.loads(Path(a.semiseg_worker).read_text()))))
         return 0
+    if a.deploy_worker:
+        print(json.dumps(deploy_worker(json.loads(Path(a.deploy_worker).read_text()))))
+        return 0
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -304,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(a.data)
     model = find_models(a.model)[0] if a.model else pb.train_tiny_model(data, WORK, 200)
     plan = torch.load(model, map_location="cpu", weights_only=False)["plan"]
+    from semiseg.inference.onnx_backend import ensure_onnx
+
+    onnx_file = ensure_onnx(model)  # + model_final.plan.json; exported here, not inside a timed run
     k = len(plan["labels"])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -341,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
             rows[name] = run_worker(Path(sys.executable), "semiseg",
                                     {**base, "options": {"step": a.step, **opts}, "out_dir": str(WORK / "nnunet" / tag / name.split(" (")[0].replace(" ", "_"))}, a.timeout)
             print(f"{section}: {name} {time.time() - t:.0f} s", flush=True)
+        t = time.time()
+        rows[DEPLOY_ROW] = run_worker(Path(sys.executable), "deploy",
+                                      {**base, "onnx": str(onnx_file), "step": a.step, "out_dir": str(WORK / "nnunet" / tag / "deploy")}, a.timeout)
+        print(f"{section}: {DEPLOY_ROW} {time.time() - t:.0f} s", flush=True)
         ref = rows["nnU-Net v2 nnUNetPredictor"]
         for name, r in rows.items():
             if "error" in r:

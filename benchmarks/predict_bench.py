@@ -14,6 +14,9 @@ The CT-sized volume is a ChaosT2 test case resampled to 512 x 512 x 500 voxels a
 voxels, about 100 windows at step 0.5, a realistic window count that keeps the run within
 minutes on 2 CPU cores, while every full-resolution array really is 131 M voxels.
 
+The "deploy" configuration is the torch-free path (``python -m semiseg.deploy``: numpy + ONNX Runtime on
+the model's ONNX export, made before the timed runs); its process never imports torch.
+
 Threads: one torch thread by default. On the shared 2-core machine these numbers were taken on, other
 jobs kept both cores busy and two OpenMP threads ran several times slower than one (see "threads 2").
 
@@ -62,8 +65,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "threads 2": {"threads": 2},
     "fast: step 0.9 + argmax + bf16 + batch 4": {"step": 0.9, "resample": "argmax", "precision": "bf16", "batch": 4},
     "whole-volume path (before streaming)": {"legacy": True},
+    "deploy (ONNX Runtime, no torch)": {"deploy": True},  # python -m semiseg.deploy on the ONNX export
 }
-CT_CONFIGS = ["reference", "argmax resample", "fast: step 0.9 + argmax + bf16 + batch 4", "whole-volume path (before streaming)"]
+CT_CONFIGS = ["reference", "argmax resample", "fast: step 0.9 + argmax + bf16 + batch 4", "whole-volume path (before streaming)",
+              "deploy (ONNX Runtime, no torch)"]
 
 
 # -- worker (one configuration, one process) -------------------------------------------------------
@@ -95,13 +100,34 @@ def legacy_predict(pred: Any, paths: list[Path]) -> tuple[np.ndarray, Any]:
     return seg, geo
 
 
+def deploy_worker(spec: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
+    """The torch-free path (semiseg.deploy) with BASE's options; never imports torch."""
+    from semiseg.deploy import DeployPredictor, find_onnx
+
+    t = time.perf_counter()
+    pred = DeployPredictor(find_onnx(Path(spec["model"]).with_suffix(".onnx")), step=opts["step"], batch=opts["batch"],
+                           threads=int(opts["threads"]), resample=opts["resample"])
+    load_s = time.perf_counter() - t
+    rss_loaded = _rss_mb()
+    cases = []
+    for case, paths in spec["cases"].items():
+        out = Path(spec["out_dir"]) / f"{case}.nii.gz"
+        t = time.perf_counter()
+        pred.predict_files([Path(p) for p in paths], out)
+        cases.append({"case": case, "seconds": time.perf_counter() - t, "output": str(out)})
+    return {"load_s": load_s, "rss_after_load_mb": rss_loaded, "torch_imported": "torch" in sys.modules,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cases": cases}
+
+
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    opts = {**BASE, **spec["options"]}
+    if opts.pop("deploy", False):
+        return deploy_worker(spec, opts)
     import torch
 
     from semiseg.data.io import write_segmentation
     from semiseg.inference import Predictor, PredictorConfig
 
-    opts = {**BASE, **spec["options"]}
     legacy = bool(opts.pop("legacy", False))
     torch.set_num_threads(int(opts["threads"]))
     cfg = PredictorConfig(**{k: v for k, v in opts.items() if k in {f.name for f in dataclasses.fields(PredictorConfig)}})
@@ -290,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     state = torch.load(model, map_location="cpu", weights_only=False)
     plan = state["plan"]
     k = len(plan["labels"])
-    if any(CONFIGS[n].get("backend") == "onnx" for n in (a.configs or CONFIGS)):
+    if any(CONFIGS[n].get("backend") == "onnx" or CONFIGS[n].get("deploy") for n in (a.configs or CONFIGS)):
         from semiseg.inference.onnx_backend import ensure_onnx
 
         ensure_onnx(model)  # exported once here, not inside the timed runs

@@ -29,9 +29,15 @@ def onnx_path_for(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(".onnx")
 
 
+def plan_path_for(onnx_file: str | Path) -> Path:
+    """Where export writes the model's plan: ``model_final.onnx`` -> ``model_final.plan.json``."""
+    return Path(onnx_file).with_suffix(".plan.json")
+
+
 def export_onnx(model_path: str | Path, out_path: str | Path | None = None, opset: int = DEFAULT_OPSET,
                 verify: bool = True) -> Path:
-    """Export a trained model (model_final.pt) to ONNX, input ``image`` (B, C, *patch) -> ``logits``.
+    """Export a trained model (model_final.pt) to ONNX, input ``image`` (B, C, *patch) -> ``logits``, and
+    its plan to ``<name>.plan.json`` beside it (for torch-free deployment, ``python -m semiseg.deploy``).
 
     Uses the TorchScript exporter (the dynamo exporter needs onnxscript, which we do not require).
     With ``verify`` the file is run once in ONNX Runtime on random windows and compared with torch, so a
@@ -52,6 +58,8 @@ def export_onnx(model_path: str | Path, out_path: str | Path | None = None, opse
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
         )
     os.replace(tmp, out)
+    # the plan as JSON beside the graph: the torch-free deploy path (semiseg.deploy) reads only these two files
+    plan.save(plan_path_for(out))
     if verify:
         _require("onnxruntime")
         got = OnnxNetwork(out, threads=1)(x)
@@ -65,9 +73,14 @@ def export_onnx(model_path: str | Path, out_path: str | Path | None = None, opse
 
 
 def ensure_onnx(model_path: str | Path, onnx_path: str | Path | None = None, opset: int = DEFAULT_OPSET) -> Path:
-    """The ONNX file for a model, exported next to it when missing or older than the model."""
+    """The ONNX file for a model, exported next to it when missing or older than the model; an export made
+    before plans were written beside it gets its ``.plan.json`` now."""
     target = Path(onnx_path) if onnx_path is not None else onnx_path_for(model_path)
     if target.is_file() and (onnx_path is not None or target.stat().st_mtime >= Path(model_path).stat().st_mtime):
+        if onnx_path is None and not plan_path_for(target).is_file():
+            from semiseg.data.io import atomic_write_json
+
+            atomic_write_json(plan_path_for(target), torch.load(model_path, map_location="cpu", weights_only=False)["plan"])
         return target
     if onnx_path is not None:
         raise FileNotFoundError(f"{target}: ONNX file not found")

@@ -1,0 +1,228 @@
+"""Torch-free prediction with an exported ONNX model: numpy + SimpleITK/nibabel + ONNX Runtime.
+
+Reads ``model_final.onnx`` (from ``semiseg export-onnx``) and its plan (``model_final.plan.json`` beside
+it, else the fold's ``plan.json``), then does what :class:`semiseg.inference.Predictor` does with its
+defaults: crop to non-zero, normalise, resample to the plan spacing, Gaussian sliding window streamed in
+z-slabs, probabilities resampled back to the input grid slab by slab, argmax, atomic NIfTI write with the
+input's geometry. Nothing here imports torch (tests/test_deploy.py checks it in a subprocess): a
+deployment needs neither PyTorch nor MONAI, and the process stays ~250 MB lighter.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from semiseg.config import Plan
+from semiseg.data.io import Geometry, ImageError, read_array, write_segmentation
+from semiseg.deploy.ops import LabelRestorer, iter_slabs, preprocess, softmax
+
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd")
+RESAMPLE_MODES = ("probabilities", "logits")
+
+
+def find_onnx(path: str | Path) -> list[Path]:
+    """An .onnx file, a folder with model_final.onnx, or a folder of fold_*/model_final.onnx (an ensemble)."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if (p / "model_final.onnx").is_file():
+        return [p / "model_final.onnx"]
+    found = sorted(p.glob("fold_*/model_final.onnx"))
+    if not found:
+        raise FileNotFoundError(f"{p}: no model_final.onnx here nor in fold_*/ (run `semiseg export-onnx {p}` first)")
+    return found
+
+
+def plan_path(onnx_file: Path) -> Path:
+    """The plan written by export-onnx beside the .onnx; the training fold's plan.json as a fallback."""
+    for cand in (onnx_file.with_suffix(".plan.json"), onnx_file.parent / "plan.json"):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"{onnx_file}: no {onnx_file.with_suffix('.plan.json').name} nor plan.json beside it "
+                            "(re-run `semiseg export-onnx` to write it)")
+
+
+class OrtNetwork:
+    """One ONNX Runtime session: float32 (B, C, *patch) windows -> (B, K, *patch) logits."""
+
+    def __init__(self, path: Path, threads: int | None = None, providers: Sequence[str] | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError("deployment needs onnxruntime: pip install 'semiseg[onnx]'") from None
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        avail = ort.get_available_providers()
+        chosen = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in avail]
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=chosen or ["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for corrupt files
+            raise ValueError(f"{path}: cannot load ONNX model: {e}") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def _same_preprocessing(a: Plan, b: Plan) -> bool:
+    return (a.target_spacing == b.target_spacing and a.normalization == b.normalization and a.labels == b.labels
+            and a.num_input_channels == b.num_input_channels and a.patch_size == b.patch_size)
+
+
+class DeployPredictor:
+    """ONNX model(s) sharing one plan -> label maps on the input grid; mirrors Predictor's default options."""
+
+    def __init__(self, models: Sequence[str | Path], step: float = 0.5, batch: int = 2, threads: int | None = None,
+                 resample: str = "probabilities", providers: Sequence[str] | None = None):
+        if not 0 < step <= 1:
+            raise ValueError(f"step must be in (0, 1], got {step}")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        if resample not in RESAMPLE_MODES:
+            raise ValueError(f"resample must be one of {list(RESAMPLE_MODES)}, got '{resample}'")
+        if not models:
+            raise ValueError("no models given")
+        self.step, self.batch, self.resample = step, batch, resample
+        self.networks: list[OrtNetwork] = []
+        plan: Plan | None = None
+        for m in models:
+            p = Plan.load(plan_path(Path(m)))
+            if plan is not None and not _same_preprocessing(plan, p):
+                raise ValueError(f"{m}: its plan (spacing/normalisation/labels/patch) differs from the first model's")
+            plan = p
+            self.networks.append(OrtNetwork(Path(m), threads, providers))
+        assert plan is not None
+        self.plan = plan
+
+    @classmethod
+    def from_path(cls, path: str | Path, **kw: object) -> "DeployPredictor":
+        return cls(find_onnx(path), **kw)  # type: ignore[arg-type]
+
+    def predict_array(self, image: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
+        """(C, z, y, x) raw image with its (z, y, x) spacing -> label map on the same grid (uint8 up to 256 classes)."""
+        if image.ndim != 4 or image.shape[0] != self.plan.num_input_channels:
+            raise ValueError(f"expected a ({self.plan.num_input_channels}, z, y, x) image, got shape {image.shape}")
+        data, props = preprocess(image, spacing_zyx, self.plan)
+        k, n = self.plan.num_classes, len(self.networks)
+        restorer = LabelRestorer(props, k)
+        score = softmax if self.resample == "probabilities" else (lambda t: t)
+        for slab in iter_slabs(self.networks, data, self.plan.patch_size, k, self.step, self.batch):
+            mean = score(slab.logits[0])
+            for lg in slab.logits[1:]:
+                mean += score(lg)
+            if n > 1:
+                mean /= n
+            restorer.push(slab.z0, slab.z1, mean)
+        del data
+        return restorer.finish()
+
+    def read_case(self, paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
+        """Channel files -> (C, z, y, x); one integer channel keeps its dtype (normalising copies anyway)."""
+        if len(paths) != self.plan.num_input_channels:
+            raise ImageError(f"{paths[0]}: the model needs {self.plan.num_input_channels} channel(s), found {len(paths)} file(s)")
+        image: np.ndarray | None = None
+        geo: Geometry | None = None
+        for c, p in enumerate(paths):
+            arr, g = read_array(p)
+            if image is None:
+                geo = g
+                keep = len(paths) == 1 and np.issubdtype(arr.dtype, np.integer)
+                image = arr[None] if keep else np.empty((len(paths), *arr.shape), np.float32)
+            elif (diff := geo.matches(g)) is not None:  # type: ignore[union-attr]
+                raise ImageError(f"{p}: channel geometry differs from channel 0: {diff}")
+            if image.dtype == np.float32:
+                image[c] = arr
+                bad = int(np.count_nonzero(~np.isfinite(image[c])))
+                if bad:
+                    raise ImageError(f"{p}: image contains {bad} NaN/Inf voxels")
+            del arr
+        assert image is not None and geo is not None
+        return image, geo
+
+    def predict_files(self, paths: Sequence[Path], out_path: str | Path) -> Path:
+        image, geo = self.read_case(paths)
+        try:
+            seg = self.predict_array(image, geo.spacing_zyx)
+        except ValueError as e:
+            raise ImageError(f"{paths[0]}: {e}") from None
+        del image
+        write_segmentation(seg, geo, out_path)  # temporary name, then rename
+        return Path(out_path)
+
+    def predict_folder(self, input_path: str | Path, output_dir: str | Path, overwrite: bool = False,
+                       progress: bool = True) -> list[Path]:
+        """A file or every case of a folder; existing outputs are kept (resumable) unless ``overwrite``."""
+        cases = discover_cases(input_path, self.plan.num_input_channels)
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for case, (paths, ending) in tqdm(cases.items(), desc="predict", unit="case", disable=not progress):
+            target = out / f"{case}{ending}"
+            written.append(target if target.is_file() and not overwrite else self.predict_files(paths, target))
+        return written
+
+
+def discover_cases(path: str | Path, num_channels: int = 1) -> dict[str, tuple[list[Path], str]]:
+    """case -> (channel files, ending), nnU-Net naming ``{case}_{XXXX}{ending}`` (as the torch predictor)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: input not found")
+    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file())
+    groups: dict[str, dict[int, Path]] = {}
+    endings: dict[str, str] = {}
+    for f in files:
+        ending = next((e for e in IMAGE_ENDINGS if f.name.endswith(e)), None)
+        if ending is None:
+            if p.is_file():
+                raise ImageError(f"{f}: not an image file (expected one of {IMAGE_ENDINGS})")
+            continue
+        stem = f.name[: -len(ending)]
+        m = re.match(r"^(.*)_(\d{4})$", stem)
+        if not m and num_channels != 1:
+            raise ImageError(f"{f}: multi-channel models need files named CASE_XXXX{ending}")
+        case, ch = (m.group(1), int(m.group(2))) if m else (stem, 0)
+        groups.setdefault(case, {})[ch] = f
+        endings[case] = ending
+    out = {}
+    for case, chans in groups.items():
+        missing = [c for c in range(num_channels) if c not in chans]
+        if missing:
+            raise ImageError(f"{p}: case '{case}' lacks channel file(s) {missing} (expected {case}_{missing[0]:04d}{endings[case]})")
+        out[case] = ([chans[c] for c in range(num_channels)], endings[case])
+    if not out:
+        raise FileNotFoundError(f"{p}: no image files ({', '.join(IMAGE_ENDINGS)})")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m semiseg.deploy", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="model_final.onnx, its folder, or a folder of fold_*/model_final.onnx (ensemble)")
+    ap.add_argument("input", help="an image file or a folder of CASE_XXXX.nii.gz files")
+    ap.add_argument("output", help="output folder (one label map per case, the input's name and geometry)")
+    ap.add_argument("--step", type=float, default=0.5, help="sliding-window stride as a fraction of the patch")
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    ap.add_argument("--batch", type=int, default=2, help="windows per ONNX Runtime call")
+    ap.add_argument("--resample", default="probabilities", choices=RESAMPLE_MODES,
+                    help="what is resampled to the input grid before argmax (logits: nnU-Net's export)")
+    ap.add_argument("--overwrite", action="store_true", help="re-predict cases whose output exists")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = ap.parse_args(argv)
+    try:
+        pred = DeployPredictor.from_path(a.model, step=a.step, batch=a.batch, threads=a.threads, resample=a.resample)
+        written = pred.predict_folder(a.input, a.output, overwrite=a.overwrite, progress=not a.quiet)
+    except (ImageError, FileNotFoundError, ValueError, KeyError, PermissionError, ImportError) as e:
+        print(f"semiseg.deploy: error: {e}", file=sys.stderr)
+        return 2
+    if not a.quiet:
+        print(f"{len(written)} case(s) -> {a.output}")
+    return 0
