@@ -274,6 +274,10 @@ def run_piece(cfg: BenchmarkConfig, layout: Layout, entry: MethodSpec, seed: int
     log = json.loads(Path(train_info["log"]).read_text()) if train_info.get("log") and Path(train_info["log"]).is_file() else {}
     piece["curve"] = downsample_history(log.get("history", []))
     piece["figures"], piece["pseudo_label_quality"] = _figures(Path(train_info["model_dir"]))
+    for summary in sorted(Path(train_info["model_dir"]).glob("selftrain_*/summary.json")):
+        # rounds, selection counts, pseudo-label quality, and which models were reused from another
+        # method of the same seed (their training time is in that method's wall time, not this one's)
+        piece["selftrain"] = json.loads(summary.read_text())
     piece["budget"] = dataclasses.asdict(cfg.budget)
     piece.update(provenance(device, command))
     return piece

@@ -10,7 +10,6 @@ deployment needs neither PyTorch nor MONAI, and the process stays ~250 MB lighte
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -19,10 +18,10 @@ import numpy as np
 from tqdm import tqdm
 
 from semiseg.config import Plan
+from semiseg.data.cases import discover_cases
 from semiseg.data.io import Geometry, ImageError, read_array, write_segmentation
 from semiseg.deploy.ops import LabelRestorer, iter_slabs, preprocess, softmax
 
-IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd")
 RESAMPLE_MODES = ("probabilities", "logits")
 
 
@@ -169,38 +168,6 @@ class DeployPredictor:
             target = out / f"{case}{ending}"
             written.append(target if target.is_file() and not overwrite else self.predict_files(paths, target))
         return written
-
-
-def discover_cases(path: str | Path, num_channels: int = 1) -> dict[str, tuple[list[Path], str]]:
-    """case -> (channel files, ending), nnU-Net naming ``{case}_{XXXX}{ending}`` (as the torch predictor)."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: input not found")
-    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file())
-    groups: dict[str, dict[int, Path]] = {}
-    endings: dict[str, str] = {}
-    for f in files:
-        ending = next((e for e in IMAGE_ENDINGS if f.name.endswith(e)), None)
-        if ending is None:
-            if p.is_file():
-                raise ImageError(f"{f}: not an image file (expected one of {IMAGE_ENDINGS})")
-            continue
-        stem = f.name[: -len(ending)]
-        m = re.match(r"^(.*)_(\d{4})$", stem)
-        if not m and num_channels != 1:
-            raise ImageError(f"{f}: multi-channel models need files named CASE_XXXX{ending}")
-        case, ch = (m.group(1), int(m.group(2))) if m else (stem, 0)
-        groups.setdefault(case, {})[ch] = f
-        endings[case] = ending
-    out = {}
-    for case, chans in groups.items():
-        missing = [c for c in range(num_channels) if c not in chans]
-        if missing:
-            raise ImageError(f"{p}: case '{case}' lacks channel file(s) {missing} (expected {case}_{missing[0]:04d}{endings[case]})")
-        out[case] = ([chans[c] for c in range(num_channels)], endings[case])
-    if not out:
-        raise FileNotFoundError(f"{p}: no image files ({', '.join(IMAGE_ENDINGS)})")
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,6 @@ and the uint8 output; never K x the input volume (512 x 512 x 500 CT: see benchm
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -26,12 +25,12 @@ from torch import nn
 from tqdm import tqdm
 
 from semiseg.config import Plan
+from semiseg.data.cases import IMAGE_ENDINGS, discover_cases  # noqa: F401  (re-exported)
 from semiseg.data.io import Geometry, ImageError, read_array, write_segmentation
 from semiseg.data.preprocess import preprocess_array
 from semiseg.inference.restore import LabelRestorer
 from semiseg.inference.sliding_window import TTA_AXES, Net, iter_slabs, sliding_window
 
-IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("torch", "onnx")
 RESAMPLE_MODES = ("probabilities", "logits", "argmax")
@@ -292,47 +291,6 @@ class Predictor:
                 continue
             written.append(self.predict_files(paths, target))
         return written
-
-
-def _split_ending(name: str) -> tuple[str, str] | None:
-    for e in IMAGE_ENDINGS:
-        if name.endswith(e):
-            return name[: -len(e)], e
-    return None
-
-
-def discover_cases(path: str | Path, num_channels: int = 1) -> dict[str, tuple[list[Path], str]]:
-    """case -> (channel files, file ending). Files named ``{case}_{XXXX}{ending}`` are grouped by case
-    (nnU-Net's convention); with one channel, any other image file is a case of its own."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: input not found")
-    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file())
-    groups: dict[str, dict[int, Path]] = {}
-    endings: dict[str, str] = {}
-    pat = re.compile(r"^(.*)_(\d{4})$")
-    for f in files:
-        split = _split_ending(f.name)
-        if split is None:
-            if p.is_file():
-                raise ImageError(f"{f}: not an image file (expected one of {IMAGE_ENDINGS})")
-            continue
-        stem, ending = split
-        m = pat.match(stem)
-        case, ch = (m.group(1), int(m.group(2))) if m else (stem, 0)
-        if not m and num_channels != 1:
-            raise ImageError(f"{f}: multi-channel models need files named CASE_XXXX{ending}")
-        groups.setdefault(case, {})[ch] = f
-        endings[case] = ending
-    out = {}
-    for case, chans in groups.items():
-        missing = [c for c in range(num_channels) if c not in chans]
-        if missing:
-            raise ImageError(f"{p}: case '{case}' lacks channel file(s) {missing} (expected {case}_{missing[0]:04d}{endings[case]})")
-        out[case] = ([chans[c] for c in range(num_channels)], endings[case])
-    if not out:
-        raise FileNotFoundError(f"{p}: no image files ({', '.join(IMAGE_ENDINGS)})")
-    return out
 
 
 def config_dict(cfg: PredictorConfig) -> dict[str, Any]:

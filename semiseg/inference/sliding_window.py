@@ -17,7 +17,6 @@ it into labels at once; no (K, full volume) tensor exists unless the caller buil
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterator, Sequence
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from semiseg.deploy.ops import window_starts  # noqa: F401  (torch-free; re-exported)
 from semiseg.networks import main_output
 
 Net = nn.Module | Callable[[torch.Tensor], torch.Tensor]
@@ -36,20 +36,6 @@ TTA_AXES: dict[str, list[tuple[int, ...]]] = {
     "3": [(), (4,), (3,)],  # identity + the two in-plane flips
     "7": [()] + [c for r in (1, 2, 3) for c in itertools.combinations((2, 3, 4), r)],
 }
-
-
-def window_starts(image_size: int, tile: int, step: float) -> list[int]:
-    """Start offsets along one axis (image_size >= tile), first at 0 and last flush with the end."""
-    if not 0 < step <= 1:
-        raise ValueError(f"sliding-window step must be in (0, 1], got {step}")
-    if image_size < tile:
-        raise ValueError(f"image axis {image_size} is smaller than the patch {tile}; pad first")
-    target = tile * step
-    n = int(math.ceil((image_size - tile) / target)) + 1
-    if n == 1:
-        return [0]
-    actual = (image_size - tile) / (n - 1)
-    return [int(round(actual * i)) for i in range(n)]
 
 
 @lru_cache(maxsize=8)
