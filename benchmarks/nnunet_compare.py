@@ -19,7 +19,7 @@ nnU-Net runs its documented single-array entry point ``predict_single_npy_array`
 sliding window with fp16 accumulators -> resample logits to the input grid -> argmax -> uncrop). Each
 predictor runs in its own subprocess with the same torch thread count; we time reading the image,
 prediction and writing the NIfTI for both, and take the peak RSS (ru_maxrss) of each process.
-The last row is the torch-free deployment path (``python -m semiseg.deploy``: numpy + ONNX Runtime on the
+The last two rows are the torch-free deployment path (``python -m semiseg.deploy``: numpy + ONNX Runtime on the
 model's ONNX export, exported before the timed runs), whose process never imports torch.
 
 Results: benchmarks/results/nnunet_compare.json and .md (exact command, git commit, machine, versions).
@@ -287,7 +287,10 @@ SEMISEG_CONFIGS: dict[str, dict[str, Any]] = {
     "semiseg reference (probabilities, fp32, batch 2)": {},
     "semiseg argmax resample (fp32, batch 4)": {"resample": "argmax", "batch": 4},
 }
-DEPLOY_ROW = "semiseg deploy (ONNX Runtime, no torch)"  # python -m semiseg.deploy: probabilities, batch 2
+DEPLOY_CONFIGS: dict[str, dict[str, Any]] = {  # python -m semiseg.deploy, batch 2
+    "semiseg deploy logits resample (ONNX Runtime, no torch)": {"resample": "logits"},
+    "semiseg deploy (ONNX Runtime, no torch; probabilities)": {},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,10 +374,12 @@ def main(argv: list[str] | None = None) -> int:
             rows[name] = run_worker(Path(sys.executable), "semiseg",
                                     {**base, "options": {"step": a.step, **opts}, "out_dir": str(WORK / "nnunet" / tag / name.split(" (")[0].replace(" ", "_"))}, a.timeout)
             print(f"{section}: {name} {time.time() - t:.0f} s", flush=True)
-        t = time.time()
-        rows[DEPLOY_ROW] = run_worker(Path(sys.executable), "deploy",
-                                      {**base, "onnx": str(onnx_file), "step": a.step, "out_dir": str(WORK / "nnunet" / tag / "deploy")}, a.timeout)
-        print(f"{section}: {DEPLOY_ROW} {time.time() - t:.0f} s", flush=True)
+        for name, opts in DEPLOY_CONFIGS.items():
+            t = time.time()
+            rows[name] = run_worker(Path(sys.executable), "deploy",
+                                    {**base, "onnx": str(onnx_file), "step": a.step, "options": opts,
+                                     "out_dir": str(WORK / "nnunet" / tag / ("deploy_" + (opts.get("resample") or "probabilities")))}, a.timeout)
+            print(f"{section}: {name} {time.time() - t:.0f} s", flush=True)
         ref = rows["nnU-Net v2 nnUNetPredictor"]
         for name, r in rows.items():
             if "error" in r:
