@@ -93,9 +93,10 @@ class CPS(Method):
 
     params (defaults):
       cps_weight 0.1 (lambda) with rampup 1.0 (sigmoid ramp-up over the whole run, as a fraction of
-      training): the 3D left-atrium CPS code lineage (SSL4MIS) uses these; Chen et al.'s 2D VOC values
-      (1.5, no ramp) made both networks agree on all-background within 25 steps on ChaosT2, where
-      argmax pseudo-labels of untrained networks are background almost everywhere; cps_dice False (add soft Dice to the pseudo-label CE); cps_on_labelled True (CPS also
+      training): the 3D left-atrium CPS code lineage (SSL4MIS) uses these; 1.5 (Chen et al.'s 2D VOC
+      value) ramped over 10% made both networks agree on all-background within 25 steps on ChaosT2,
+      where argmax pseudo-labels of untrained networks are background almost everywhere;
+      cps_dice False (add soft Dice to the pseudo-label CE); cps_on_labelled True (CPS also
       on labelled images, as Chen et al.); adaptive_weight False (ALW); alw_initial 0.0 (ALW factor
       during the first epoch); init ["kaiming", "xavier"] (init of net1, net2; "default" keeps the
       network's own); sup_loss "dice_ce" | "dice_ce_lovasz"; inference 1 | 2 (kept network).
