@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Sequence
 
-from semiseg.data.io import ImageError
+import numpy as np
+
+from semiseg.data.io import Geometry, ImageError, read_array
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd")
 
@@ -49,3 +52,31 @@ def discover_cases(path: str | Path, num_channels: int = 1) -> dict[str, tuple[l
     if not out:
         raise FileNotFoundError(f"{p}: no image files ({', '.join(IMAGE_ENDINGS)})")
     return out
+
+
+def read_channels(paths: Sequence[Path], num_channels: int, native_dtype: bool = False) -> tuple[np.ndarray, Geometry]:
+    """Channel files -> (C, z, y, x), filled in place (no stacked copy); errors name the file.
+
+    float32 by default; with ``native_dtype`` an integer image (CT is int16) keeps its type when it has
+    one channel, halving the largest array (normalisation makes the float32 copy anyway)."""
+    if len(paths) != num_channels:
+        raise ImageError(f"{paths[0]}: the model needs {num_channels} channel(s), found {len(paths)} file(s)")
+    image: np.ndarray | None = None
+    geo: Geometry | None = None
+    for c, p in enumerate(paths):
+        arr, g = read_array(p)
+        if geo is None:
+            geo = g
+            keep = native_dtype and len(paths) == 1 and np.issubdtype(arr.dtype, np.integer)
+            image = arr[None] if keep else np.empty((len(paths), *arr.shape), np.float32)
+        elif (diff := geo.matches(g)) is not None:
+            raise ImageError(f"{p}: channel geometry differs from channel 0: {diff}")
+        assert image is not None
+        if image.dtype == np.float32:
+            image[c] = arr
+            bad = int(np.count_nonzero(~np.isfinite(image[c])))
+            if bad:
+                raise ImageError(f"{p}: image contains {bad} NaN/Inf voxels")
+        del arr
+    assert image is not None and geo is not None
+    return image, geo

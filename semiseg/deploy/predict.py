@@ -18,8 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from semiseg.config import Plan
-from semiseg.data.cases import discover_cases
-from semiseg.data.io import Geometry, ImageError, read_array, write_segmentation
+from semiseg.data.cases import discover_cases, read_channels
+from semiseg.data.io import Geometry, ImageError, write_segmentation
 from semiseg.deploy.ops import LabelRestorer, iter_slabs, preprocess, softmax
 
 RESAMPLE_MODES = ("probabilities", "logits")
@@ -126,26 +126,7 @@ class DeployPredictor:
 
     def read_case(self, paths: Sequence[Path]) -> tuple[np.ndarray, Geometry]:
         """Channel files -> (C, z, y, x); one integer channel keeps its dtype (normalising copies anyway)."""
-        if len(paths) != self.plan.num_input_channels:
-            raise ImageError(f"{paths[0]}: the model needs {self.plan.num_input_channels} channel(s), found {len(paths)} file(s)")
-        image: np.ndarray | None = None
-        geo: Geometry | None = None
-        for c, p in enumerate(paths):
-            arr, g = read_array(p)
-            if image is None:
-                geo = g
-                keep = len(paths) == 1 and np.issubdtype(arr.dtype, np.integer)
-                image = arr[None] if keep else np.empty((len(paths), *arr.shape), np.float32)
-            elif (diff := geo.matches(g)) is not None:  # type: ignore[union-attr]
-                raise ImageError(f"{p}: channel geometry differs from channel 0: {diff}")
-            if image.dtype == np.float32:
-                image[c] = arr
-                bad = int(np.count_nonzero(~np.isfinite(image[c])))
-                if bad:
-                    raise ImageError(f"{p}: image contains {bad} NaN/Inf voxels")
-            del arr
-        assert image is not None and geo is not None
-        return image, geo
+        return read_channels(paths, self.plan.num_input_channels, native_dtype=True)
 
     def predict_files(self, paths: Sequence[Path], out_path: str | Path) -> Path:
         image, geo = self.read_case(paths)

@@ -25,8 +25,8 @@ from torch import nn
 from tqdm import tqdm
 
 from semiseg.config import Plan
-from semiseg.data.cases import IMAGE_ENDINGS, discover_cases  # noqa: F401  (re-exported)
-from semiseg.data.io import Geometry, ImageError, read_array, write_segmentation
+from semiseg.data.cases import IMAGE_ENDINGS, discover_cases, read_channels  # noqa: F401  (re-exported)
+from semiseg.data.io import Geometry, ImageError, write_segmentation
 from semiseg.data.preprocess import preprocess_array
 from semiseg.inference.restore import LabelRestorer
 from semiseg.inference.sliding_window import TTA_AXES, Net, iter_slabs, sliding_window
@@ -240,31 +240,8 @@ class Predictor:
 
     # -- files -----------------------------------------------------------------------------------
     def read_case(self, paths: Sequence[Path], native_dtype: bool = False) -> tuple[np.ndarray, Geometry]:
-        """Channel files -> (C, z, y, x), filled in place (no stacked copy); errors name the file.
-
-        float32 by default; with ``native_dtype`` an integer image (CT is int16) keeps its type when every
-        channel shares it, halving the largest array (normalisation makes the float32 copy anyway)."""
-        if len(paths) != self.plan.num_input_channels:
-            raise ImageError(f"{paths[0]}: the model needs {self.plan.num_input_channels} channel(s), found {len(paths)} file(s)")
-        image: np.ndarray | None = None
-        geo: Geometry | None = None
-        for c, p in enumerate(paths):
-            arr, g = read_array(p)
-            if geo is None:
-                geo = g
-                keep = native_dtype and len(paths) == 1 and np.issubdtype(arr.dtype, np.integer)
-                image = arr[None] if keep else np.empty((len(paths), *arr.shape), np.float32)
-            elif (diff := geo.matches(g)) is not None:
-                raise ImageError(f"{p}: channel geometry differs from channel 0: {diff}")
-            assert image is not None
-            if image.dtype == np.float32:
-                image[c] = arr
-                bad = int(np.count_nonzero(~np.isfinite(image[c])))
-                if bad:
-                    raise ImageError(f"{p}: image contains {bad} NaN/Inf voxels")
-            del arr
-        assert image is not None and geo is not None
-        return image, geo
+        """Channel files -> (C, z, y, x); see :func:`semiseg.data.cases.read_channels`."""
+        return read_channels(paths, self.plan.num_input_channels, native_dtype)
 
     def predict_files(self, paths: Sequence[Path], out_path: str | Path) -> Path:
         image, geo = self.read_case(paths, native_dtype=True)
