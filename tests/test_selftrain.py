@@ -113,6 +113,18 @@ def test_selection_is_a_pure_function_of_matrices_and_config() -> None:
     assert score_cases({k: v.copy() for k, v in matrices.items()}, cfg) == (scores, selected)
     assert selected == sorted(c for c, m in matrices.items() if m.mean(1).min() >= 0.8)
     assert score_cases(matrices, SelectionConfig(threshold=0.8, enabled=False))[1] == sorted(matrices)
+    top = SelectionConfig(threshold=0.8, top_fraction=0.25)
+    assert score_cases(matrices, top)[1] == sorted(sorted(scores, key=lambda c: -scores[c])[:2])
+    assert score_cases(shuffled, top) == score_cases(matrices, top)
+
+
+def test_relative_selection_is_configuration(tmp_path) -> None:
+    """A benchmark entry's nested ``selection`` dict reaches the pipeline and survives save/load."""
+    cfg = SelfTrainConfig(method="uncertainty", selection={"top_fraction": 0.5})
+    assert cfg.effective_selection.top_fraction == 0.5
+    cfg.save(tmp_path / "selftrain.json")
+    assert SelfTrainConfig.load(tmp_path / "selftrain.json").selection == cfg.selection
+    assert SelfTrainConfig(method="unfiltered", selection={"top_fraction": 0.5}).effective_selection.enabled is False
 
 
 class StubPredictor:
@@ -184,6 +196,8 @@ def test_cli_registers_selftrain_and_builds_the_config() -> None:
     assert cfg.effective_selection.enabled is False and cfg.ratio == 3
     d = SelfTrainConfig()
     assert d.selection == SelectionConfig() and d.k == 5 and d.effective_selection.enabled
+    a = ap.parse_args(["selftrain", "RUN", "--top-fraction", "0.5"])
+    assert config_from_args(a).selection.top_fraction == 0.5
 
 
 def test_resume_refuses_a_different_configuration(run: Run) -> None:

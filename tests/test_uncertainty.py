@@ -15,6 +15,7 @@ from semiseg.selftrain.uncertainty import (
     pairwise_dice_matrix,
     read_uncertainty_csv,
     select_cases,
+    selection_cutoff,
     uncertainty_score,
     write_uncertainty_csv,
 )
@@ -155,6 +156,32 @@ def test_select_threshold_boundary_and_sorting() -> None:
         select_cases({"x": float("nan")}, SelectionConfig())
 
 
+def test_select_top_fraction_is_relative_and_breaks_ties_by_id() -> None:
+    scores = {"c": 0.5, "b": 0.7, "a": 0.7, "d": 0.2, "e": 0.1}
+    # ceil(0.4 * 5) = 2 best: the 0.7 pair, whatever the threshold says
+    assert select_cases(scores, SelectionConfig(threshold=0.99, top_fraction=0.4)) == ["a", "b"]
+    # ceil(0.5 * 5) = 3; a tie at the cut goes to the smaller case id
+    assert select_cases(scores, SelectionConfig(top_fraction=0.5)) == ["a", "b", "c"]
+    assert select_cases({"x": 0.1, "y": 0.3, "z": 0.2}, SelectionConfig(top_fraction=0.34)) == ["y", "z"]
+    assert select_cases(scores, SelectionConfig(top_fraction=1.0)) == ["a", "b", "c", "d", "e"]
+    assert select_cases(scores, SelectionConfig(top_fraction=0.4, enabled=False)) == ["a", "b", "c", "d", "e"]
+    assert selection_cutoff(scores, SelectionConfig(top_fraction=0.4)) == 0.7
+    assert selection_cutoff(scores, SelectionConfig(threshold=0.8)) == 0.8
+    for bad in (0.0, 1.5, "half"):
+        with pytest.raises(ValueError, match="top_fraction"):
+            SelectionConfig(top_fraction=bad)
+
+
+def test_quality_uses_selection_over_all_scores() -> None:
+    # the top half of the four scored cases is {c, d}
+    cfg = SelectionConfig(top_fraction=0.5)
+    q = pseudo_label_quality(SCORES, TRUE, cfg)
+    assert q["n_selected"] == 2 and q["mean_dice_selected"] == pytest.approx(0.6)
+    partial_truth = {"a": 0.1, "b": 0.2, "c": 0.3}  # d (the best score) has no truth: c alone is kept
+    q = pseudo_label_quality(SCORES, partial_truth, cfg)
+    assert q["n_selected"] == 1 and q["mean_dice_selected"] == pytest.approx(0.3)
+
+
 def test_csv_round_trip(tmp_path) -> None:
     exact = np.array([[1.0, 0.5, 0.75], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])  # score exactly 0.75
     matrices = {"case_b": EXPECTED, "case_a": exact, "case_c": np.ones((3, 3))}
@@ -212,7 +239,8 @@ def test_plots_written(tmp_path) -> None:
     plot_uncertainty(SCORES, cfg, tmp_path / "sub" / "ranking.png")
     plot_uncertainty(SCORES, SelectionConfig(enabled=False), tmp_path / "unfiltered.png")
     plot_quality_scatter(SCORES, TRUE, cfg, tmp_path / "quality.png")
-    for name in ("sub/ranking.png", "unfiltered.png", "quality.png"):
+    plot_uncertainty(SCORES, SelectionConfig(top_fraction=0.5), tmp_path / "top.png")
+    for name in ("sub/ranking.png", "unfiltered.png", "quality.png", "top.png"):
         assert _is_png(tmp_path / name)
     leftovers = [p.name for p in tmp_path.rglob("*") if p.name.startswith(".")]
     assert leftovers == []

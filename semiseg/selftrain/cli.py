@@ -23,6 +23,8 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=_DEFAULT.k, help="fold models per ensemble")
     p.add_argument("--iterations", type=int, default=_DEFAULT.iterations, help="optimiser steps per model")
     p.add_argument("--threshold", type=float, default=_DEFAULT.selection.threshold, help="keep a case when its score >= this")
+    p.add_argument("--top-fraction", type=float, default=None,
+                   help="keep this share of the best-scored cases instead of applying --threshold (e.g. 0.5)")
     p.add_argument("--reduce-pairs", default=_DEFAULT.selection.pair_reduction, choices=["mean", "min"])
     p.add_argument("--reduce-classes", default=_DEFAULT.selection.class_reduction, choices=["mean", "min"])
     p.add_argument("--student-width", type=float, default=_DEFAULT.student_width, choices=[1.0, 0.5])
@@ -37,7 +39,8 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def config_from_args(a: argparse.Namespace) -> SelfTrainConfig:
-    sel = SelectionConfig(threshold=a.threshold, pair_reduction=a.reduce_pairs, class_reduction=a.reduce_classes)
+    sel = SelectionConfig(threshold=a.threshold, pair_reduction=a.reduce_pairs, class_reduction=a.reduce_classes,
+                          top_fraction=a.top_fraction)
     return SelfTrainConfig(method=a.method, rounds=a.rounds, k=a.k, iterations=a.iterations, selection=sel,
                            student_width=a.student_width, student_iterations=a.student_iterations,
                            finetune_iterations=a.finetune_iterations, seed=a.seed, predict_step=a.step,

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from semiseg.selftrain.uncertainty import SelectionConfig, select_cases  # noqa: E402
+from semiseg.selftrain.uncertainty import SelectionConfig, select_cases, selection_cutoff  # noqa: E402
 
 _KEEP, _DROP = "tab:green", "tab:red"
 
@@ -46,7 +46,11 @@ def _check_scores(scores: dict[str, float], what: str = "scores") -> None:
 
 
 def _threshold_label(cfg: SelectionConfig) -> str:
-    return f"threshold {cfg.threshold:g}" + ("" if cfg.enabled else " (unfiltered: all kept)")
+    if not cfg.enabled:
+        return f"threshold {cfg.threshold:g} (unfiltered: all kept)"
+    if cfg.top_fraction is not None:
+        return f"top {cfg.top_fraction:.0%} kept"
+    return f"threshold {cfg.threshold:g}"
 
 
 def plot_uncertainty(scores: dict[str, float], cfg: SelectionConfig, out_png: str | Path) -> None:
@@ -59,11 +63,12 @@ def plot_uncertainty(scores: dict[str, float], cfg: SelectionConfig, out_png: st
 
     fig, (ax_rank, ax_hist) = plt.subplots(1, 2, figsize=(11, 4))
     ax_rank.scatter(np.arange(1, len(ranked) + 1), values, c=colours, s=12)
-    ax_rank.axhline(cfg.threshold, color="k", ls="--", lw=1, label=_threshold_label(cfg))
+    cut = selection_cutoff(scores, cfg)
+    ax_rank.axhline(cut, color="k", ls="--", lw=1, label=_threshold_label(cfg))
     ax_rank.set(xlabel="case rank", ylabel="uncertainty score (pairwise Dice)", title=f"{len(kept)}/{len(ranked)} cases kept")
     ax_rank.legend(loc="lower left")
     ax_hist.hist(values, bins=min(30, max(5, len(values) // 5)), color="tab:blue", alpha=0.8)
-    ax_hist.axvline(cfg.threshold, color="k", ls="--", lw=1)
+    ax_hist.axvline(cut, color="k", ls="--", lw=1)
     ax_hist.set(xlabel="uncertainty score", ylabel="cases", title="score distribution")
     fig.tight_layout()
     _save_png(fig, out_png)
@@ -97,7 +102,7 @@ def pseudo_label_quality(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant input: scipy warns and returns NaN, which we report
         res = spearmanr(x, y)
-    kept = set(select_cases({c: scores[c] for c in common}, cfg))
+    kept = set(select_cases(scores, cfg))  # selection is over all scored cases, as in training
     sel = [true_dice[c] for c in common if c in kept]
     rej = [true_dice[c] for c in common if c not in kept]
     return {
@@ -117,7 +122,7 @@ def plot_quality_scatter(
     """Scatter of uncertainty score against true pseudo-label Dice, threshold line, rho in the title."""
     q = pseudo_label_quality(scores, true_dice, cfg)
     common = _paired(scores, true_dice)
-    kept = set(select_cases({c: scores[c] for c in common}, cfg))
+    kept = set(select_cases(scores, cfg))  # selection is over all scored cases, as in training
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     ax.scatter(
         [scores[c] for c in common],
@@ -125,7 +130,7 @@ def plot_quality_scatter(
         c=[_KEEP if c in kept else _DROP for c in common],
         s=14,
     )
-    ax.axvline(cfg.threshold, color="k", ls="--", lw=1, label=_threshold_label(cfg))
+    ax.axvline(selection_cutoff(scores, cfg), color="k", ls="--", lw=1, label=_threshold_label(cfg))
     ax.set(
         xlabel="uncertainty score (pairwise Dice)",
         ylabel="true pseudo-label Dice",

@@ -4,7 +4,9 @@ For one unlabelled case, the k fold models' hard masks give a matrix of pairwise
 (n_classes, n_pairs): one row per organ, one column per model pair (i < j, lexicographic order, so
 k = 5 gives the pairs (0,1), (0,2), (0,3), (0,4), (1,2), ... (3,4)). Both masks empty counts as 1,
 one empty as 0. A case's score reduces that matrix over pairs, then over classes; the paper keeps a
-case when min over organs of the mean over pairs >= 0.9. Reductions and threshold are configuration.
+case when min over organs of the mean over pairs >= 0.9. Reductions and threshold are configuration;
+``top_fraction`` replaces the absolute threshold by a relative rule (keep the most confident share of
+cases), for budgets where no case reaches 0.9 but the score still ranks cases by true quality.
 
 Memory: masks are re-coded once to compact uint8 class indices (0 = not a scored class), and counts
 come from chunked ``np.bincount`` rather than k * C boolean volumes, so the extra memory is k uint8
@@ -37,8 +39,13 @@ class SelectionConfig:
     pair_reduction: Reduction = "mean"
     class_reduction: Reduction = "min"
     enabled: bool = True  # False = "unfiltered": every case is selected
+    top_fraction: float | None = None  # keep the ceil(f * n) best-scored cases instead of score >= threshold
 
     def __post_init__(self) -> None:
+        if self.top_fraction is not None and (
+            not isinstance(self.top_fraction, (int, float)) or not 0.0 < float(self.top_fraction) <= 1.0
+        ):
+            raise ValueError(f"SelectionConfig.top_fraction must be a number in (0, 1] or None, got {self.top_fraction!r}")
         for name in ("pair_reduction", "class_reduction"):
             if getattr(self, name) not in _REDUCTIONS:
                 raise ValueError(f"SelectionConfig.{name} must be one of {_REDUCTIONS}, got {getattr(self, name)!r}")
@@ -173,13 +180,26 @@ def uncertainty_score(matrix: np.ndarray, cfg: SelectionConfig) -> float:
 
 
 def select_cases(scores: dict[str, float], cfg: SelectionConfig) -> list[str]:
-    """Case ids with score >= threshold (all of them when ``cfg.enabled`` is False), sorted by id."""
+    """Case ids with score >= threshold, or the ``top_fraction`` best-scored (ties broken by case id),
+    or all of them when ``cfg.enabled`` is False; sorted by id."""
     for case, s in scores.items():
         if not isinstance(s, (int, float, np.floating, np.integer)) or not math.isfinite(float(s)):
             raise ValueError(f"score of case {case!r} is not a finite number: {s!r}")
     if not cfg.enabled:
         return sorted(scores)
+    if cfg.top_fraction is not None:
+        ranked = sorted(scores, key=lambda c: (-float(scores[c]), c))
+        return sorted(ranked[: math.ceil(float(cfg.top_fraction) * len(ranked) - 1e-9)])
     return sorted(c for c, s in scores.items() if float(s) >= cfg.threshold)
+
+
+def selection_cutoff(scores: dict[str, float], cfg: SelectionConfig) -> float:
+    """The score line that separates kept from dropped cases: the threshold, or for ``top_fraction``
+    the lowest kept score (the threshold when nothing is kept); for plots."""
+    if cfg.top_fraction is None or not cfg.enabled:
+        return float(cfg.threshold)
+    kept = select_cases(scores, cfg)
+    return min((float(scores[c]) for c in kept), default=float(cfg.threshold))
 
 
 def write_uncertainty_csv(
