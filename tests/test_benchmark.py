@@ -219,6 +219,15 @@ def test_readme_table_is_generated_between_markers(bench, tmp_path):
         update_readme(readme, results_dir)
 
 
+def test_repo_readme_table_matches_committed_results():
+    """The README's results table is what the script makes from benchmarks/results/ (never hand-edited)."""
+    from semiseg.benchmark.readme_table import main
+
+    root = Path(__file__).resolve().parents[1]
+    assert main(["--readme", str(root / "README.md"), "--results", str(root / "benchmarks" / "results"), "--check"]) == 0, (
+        "README results table is stale: run python -m semiseg.benchmark.readme_table")
+
+
 def test_cli_parses_and_reports(bench, tmp_path):
     from semiseg.benchmark.cli import register_cli
 
