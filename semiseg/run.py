@@ -136,12 +136,15 @@ def train_fold(
     """Train one fold (or ``all``) of a run with any method; preprocesses what it needs first.
 
     Unlabelled cases (for methods that use them) enter only as images: the cache holds no labels for them."""
+    from semiseg.engine import distributed
     from semiseg.engine.trainer import DataSpec, train
     from semiseg.methods import get_method
 
     method_cls = get_method(cfg.method)
     needs_u = method_cls.needs_unlabelled
-    run.ensure_preprocessed(labelled=True, unlabelled=needs_u, workers=workers, progress=progress)
+    distributed.setup(device)  # under torchrun: process 0 preprocesses, the others then read its cache
+    with distributed.main_first() as info:
+        run.ensure_preprocessed(labelled=True, unlabelled=needs_u, workers=workers, progress=progress and info.is_main)
     train_cases, _ = run.training_cases(fold, k)
     unlabelled = sorted(run.dataset().unlabelled) if needs_u else []
     spec = DataSpec(run.cache, train_cases, unlabelled)

@@ -269,8 +269,8 @@ def test_noisy_student_batches_are_one_labelled_to_three_pseudo(run: Run, monkey
     made = []
     real = trainer.make_batches
 
-    def spy(plan, cfg, spec, method):
-        b = real(plan, cfg, spec, method)
+    def spy(plan, cfg, spec, method, *rest):
+        b = real(plan, cfg, spec, method, *rest)
         made.append((plan, cfg, spec, b))
         return b
 

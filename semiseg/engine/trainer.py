@@ -17,6 +17,7 @@ from tqdm import tqdm
 from semiseg.config import Plan, TrainConfig
 from semiseg.data.io import atomic_write_json
 from semiseg.data.sampling import PatchSampler, TrainingBatches, open_cases
+from semiseg.engine import distributed
 from semiseg.methods import Method, StepContext, get_method
 from semiseg.networks import build_network
 
@@ -54,7 +55,9 @@ class DataSpec:
     pseudo_per_labelled: int = 3
 
 
-def make_batches(plan: Plan, cfg: TrainConfig, spec: DataSpec, method: Method) -> TrainingBatches:
+def make_batches(plan: Plan, cfg: TrainConfig, spec: DataSpec, method: Method,
+                 info: distributed.DistInfo = distributed.DistInfo()) -> TrainingBatches:
+    """This process's stream of batches: its share of the global batch sizes, its own sampling seed."""
     lab = PatchSampler(open_cases(spec.cache, spec.labelled, True), plan.patch_size, plan.foreground_oversample, cfg.augmentation)
     unl = None
     if method.needs_unlabelled:
@@ -65,7 +68,9 @@ def make_batches(plan: Plan, cfg: TrainConfig, spec: DataSpec, method: Method) -
     if spec.pseudo:
         assert spec.pseudo_cache is not None
         pseudo = PatchSampler(open_cases(spec.pseudo_cache, spec.pseudo, True), plan.patch_size, plan.foreground_oversample, cfg.augmentation)
-    return TrainingBatches(lab, cfg.batch_size, cfg.seed, unl, cfg.unlabelled_batch_size, pseudo, spec.pseudo_per_labelled)
+    return TrainingBatches(lab, distributed.local_batch(cfg.batch_size, info), distributed.rank_seed(cfg.seed, info), unl,
+                           distributed.local_batch(cfg.unlabelled_batch_size, info, "unlabelled_batch_size") if unl is not None else cfg.unlabelled_batch_size,
+                           pseudo, spec.pseudo_per_labelled)
 
 
 def _checkpoint_state(method: Method, step: int, history: list[dict[str, float]]) -> dict[str, Any]:
@@ -99,24 +104,28 @@ def train(
     """Train and write ``out_dir/model_final.pt``; continues from ``checkpoint.pt`` when resuming.
 
     ``stop_after`` ends the loop early (after that many steps in total) as an interruption would;
-    ``init_weights`` starts the inference network from a trained model (fine-tuning)."""
+    ``init_weights`` starts the inference network from a trained model (fine-tuning). Under torchrun
+    every process trains its share of each batch and process 0 alone writes files."""
+    info = distributed.setup(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = out / "model_final.pt"
     if resume and final.is_file():
         return final
-    dev = pick_device(device)
+    dev = distributed.process_device(pick_device(device), info)
     torch.manual_seed(cfg.seed)
     method = build_method(plan, cfg)
     if init_weights is not None:
         state = torch.load(init_weights, map_location="cpu", weights_only=False)
         method.inference_network().load_state_dict(state["weights"])
     method.to(dev)
+    distributed.broadcast_state(method)  # identical start on every process (init is seeded alike anyway)
     if dev.type == "cuda" and cfg.amp:
         method.scaler = torch.amp.GradScaler("cuda")
         method.autocast_dtype = torch.float16
-    atomic_write_json(out / "train_config.json", dataclasses.asdict(cfg))
-    plan.save(out / "plan.json")
+    if info.is_main:
+        atomic_write_json(out / "train_config.json", dataclasses.asdict(cfg))
+        plan.save(out / "plan.json")
     start, history = 0, []
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.is_file():
@@ -128,21 +137,22 @@ def train(
             method.scaler.load_state_dict(ck["scaler"])
         method.load_extra_state(ck["extra"])
         start, history = ck["step"], ck["history"]
-    batches = make_batches(plan, cfg, spec, method)
+    batches = make_batches(plan, cfg, spec, method, info)
     end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
     loader = torch.utils.data.DataLoader(
         batches, batch_size=None, sampler=range(start, end), num_workers=cfg.num_workers,
         pin_memory=dev.type == "cuda", persistent_workers=False,
     )
     method.train()
-    bar = tqdm(total=cfg.iterations, initial=start, desc=f"train {cfg.method}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.iterations, initial=start, desc=f"train {cfg.method}", disable=not progress or not info.is_main,
+               dynamic_ncols=True)
     t0 = time.time()
     step = start
     for step, batch in zip(range(start, end), loader):
         for o in method.optimizers.values():
             for g in o.param_groups:
                 g["lr"] = poly_lr(g.get("initial_lr", cfg.lr), step, cfg.iterations, cfg.poly_exponent)
-        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout / noise depend only on (seed, step)
+        torch.manual_seed(distributed.rank_seed(cfg.seed, info) * 1_000_003 + step)  # dropout / noise: (seed, rank, step)
         batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
         ctx = StepContext(step, cfg.iterations, dev)
         metrics = method.training_step(batch, ctx)
@@ -151,10 +161,14 @@ def train(
         bar.set_postfix({k: f"{v:.3f}" for k, v in list(metrics.items())[:3]})
         if (step + 1) % EPOCH_LENGTH == 0:
             method.on_epoch_end(ctx)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+        if info.is_main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == end):
             atomic_torch_save(_checkpoint_state(method, step + 1, history), ckpt_path)
     bar.close()
+    if not info.is_main:
+        distributed.barrier()  # process 0 writes the checkpoint or final model; return once it exists
+        return ckpt_path if end < cfg.iterations else final
     if end < cfg.iterations:
+        distributed.barrier()
         return ckpt_path
     net = method.inference_network()
     atomic_torch_save(
@@ -164,6 +178,7 @@ def train(
     )
     atomic_write_json(out / "log.json", {"history": history, "wall_time_s": time.time() - t0, "device": str(dev)})
     plot_curve(history, out / "curve.png")
+    distributed.barrier()
     return final
 
 

@@ -18,6 +18,8 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
+from semiseg.engine import distributed
+
 
 @dataclass
 class StepContext:
@@ -68,7 +70,10 @@ class Method(nn.Module):
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
     def optimize(self, loss: torch.Tensor, *names: str) -> None:
-        """Backward + clipped step of the named optimisers, through the AMP grad scaler if any."""
+        """Backward + clipped step of the named optimisers, through the AMP grad scaler if any.
+
+        Under torchrun the gradients are averaged over processes here, before clipping, which makes
+        every method data-parallel (semiseg.engine.distributed)."""
         opts = [self.optimizers[n] for n in names]
         for o in opts:
             o.zero_grad(set_to_none=True)
@@ -78,6 +83,7 @@ class Method(nn.Module):
                 self.scaler.unscale_(o)
         else:
             loss.backward()
+        distributed.average_gradients(p for o in opts for g in o.param_groups for p in g["params"])
         for o in opts:
             params = [p for g in o.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
