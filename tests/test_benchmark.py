@@ -271,3 +271,64 @@ def test_readme_table_leaves_out_other_json(bench, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"{START}\n{END}\n")
     assert update_readme(readme, results_dir) and "tiny" in readme.read_text() and "other_tool" not in readme.read_text()
+
+
+# -- scores after post-processing --------------------------------------------------------------------
+def _write_label(arr: np.ndarray, path: Path) -> None:
+    from semiseg.data.io import Geometry, write_segmentation
+
+    geo = Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), arr.shape)
+    write_segmentation(arr.astype(np.uint8), geo, path)
+
+
+def test_postprocessed_scores_remove_a_stray_blob(tmp_path):
+    from semiseg.benchmark.postprocessed import KEY, score_piece
+
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    (dataset / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "organ": 1}, "file_ending": ".nii.gz"}))
+    truth = np.zeros((10, 40, 40), np.uint8)
+    truth[3:7, 10:20, 10:20] = 1
+    pred = truth.copy()
+    pred[3:5, 34:37, 34:37] = 1  # a small far-away false positive: HD95 blows up, Dice barely moves
+    for d in ("pred", "ref"):
+        (tmp_path / d).mkdir()
+    _write_label(pred, tmp_path / "pred" / "c0.nii.gz")
+    _write_label(truth, tmp_path / "ref" / "c0.nii.gz")
+    piece = tmp_path / "seed_0.json"
+    piece.write_text(json.dumps({"test": {"pred_dir": str(tmp_path / "pred"), "ref_dir": str(tmp_path / "ref")}}))
+    steps = [{"step": "largest_component"}]
+    assert score_piece(piece, steps, dataset) is True
+    scored = json.loads(piece.read_text())[KEY]
+    assert scored["steps"] == steps
+    assert scored["foreground_mean"]["DSC"] == pytest.approx(1.0) and scored["foreground_mean"]["HD95"] == pytest.approx(0.0)
+    raw_pred = tmp_path / "pred" / "c0.nii.gz"
+    from semiseg.data.io import read_array
+
+    assert np.array_equal(read_array(raw_pred)[0], pred)  # the raw prediction is untouched
+    assert score_piece(piece, steps, dataset) is False  # current: nothing to do
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")]
+    with pytest.raises(ConfigError, match="postprocess"):
+        config_from_dict(raw_config(dataset, tmp_path, postprocess=[{"step": "largest_component", "classes": ["spleen"]}]))
+
+
+def test_benchmark_with_postprocess_scores_every_run(bench, tmp_path):
+    from semiseg.benchmark.harness import prepare, write_results
+    from semiseg.benchmark.readme_table import table_for
+    from semiseg.benchmark.report import write_report
+
+    work = tmp_path / "work"
+    shutil.copytree(bench["base"] / "work", work, symlinks=True)
+    raw = raw_config(bench["data"], tmp_path, postprocess=[{"step": "largest_component"}])
+    cfg = config_from_dict(raw)
+    path = write_results(cfg, prepare(cfg, progress=False))
+    doc = json.loads(path.read_text())
+    assert doc["benchmark"]["postprocess"] == [{"step": "largest_component"}] and doc["complete"]
+    for name, e in doc["entries"].items():
+        fp = e["foreground_postprocessed"]
+        assert fp["DSC"]["n"] == 1 and 0.0 <= fp["DSC"]["mean"] <= 1.0, name
+    assert all(r["test_postprocessed"]["steps"] == [{"step": "largest_component"}] for r in doc["runs"])
+    table = table_for(doc, "x.json")
+    assert "HD95, post-processed (mm)" in table and "largest_component" in table
+    page = write_report([path], tmp_path / "report").read_text()
+    assert "HD95 mm post-processed" in page

@@ -14,6 +14,7 @@ preprocessing, number of optimiser steps and seed set (BENCHMARK.md's rules). Ex
     methods: [mean-teacher, {name: ua-mt-d01, method: ua-mt, params: {dropout: 0.1}}]
     seeds: [0, 1, 2]
     predictor: {step: 0.5}
+    postprocess: [{step: largest_component}]   # optional: also score each run after these steps
 
 The supervised lower bound (``lower``: labelled cases of the regime) and upper bound (``upper``: the
 regime's labelled and unlabelled cases, all with labels) are always part of the comparison.
@@ -34,7 +35,7 @@ ROLES = {LOWER: "lower bound", UPPER: "upper bound"}
 _BUDGET_OWNED = {"method", "iterations", "batch_size", "unlabelled_batch_size", "seed", "method_params"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _TOP_KEYS = {"name", "description", "tier", "dataset", "data_root", "split", "plan", "budget", "methods", "seeds",
-             "predictor", "score_unlabelled", "work_dir", "results_dir"}
+             "predictor", "score_unlabelled", "work_dir", "results_dir", "postprocess"}
 
 
 def repo_root() -> Path:
@@ -95,6 +96,7 @@ class BenchmarkConfig:
     seeds: list[int]
     predictor: dict[str, Any] = field(default_factory=dict)  # PredictorConfig fields
     score_unlabelled: bool = False  # also predict the unlabelled cases and score them against their hidden labels
+    postprocess: list[dict[str, Any]] = field(default_factory=list)  # semiseg.postprocess steps, scored beside the raw predictions
     work_dir: Path = Path("runs/bench")
     results_dir: Path = Path("benchmarks/results")
     tier: str = "cpu"
@@ -126,7 +128,7 @@ class BenchmarkConfig:
             "name": self.name, "tier": self.tier, "description": self.description, "dataset": str(self.dataset),
             "split": self.split, "upper_split": self.upper_split(), "plan": dataclasses.asdict(self.plan),
             "budget": dataclasses.asdict(self.budget), "methods": [dataclasses.asdict(m) for m in self.entries()],
-            "seeds": self.seeds, "predictor": self.predictor, "score_unlabelled": self.score_unlabelled,
+            "seeds": self.seeds, "predictor": self.predictor, "score_unlabelled": self.score_unlabelled, "postprocess": self.postprocess,
             "config_file": str(self.source) if self.source else None, "config": self.raw,
         }
 
@@ -273,12 +275,21 @@ def config_from_dict(raw: Mapping[str, Any], source: Path | None = None) -> Benc
         PredictorConfig(**predictor)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: predictor: {e}") from None
+    postprocess = raw.get("postprocess") or []
+    if not isinstance(postprocess, list) or not all(isinstance(s, Mapping) for s in postprocess):
+        raise ConfigError(f"{where}: postprocess must be a list of step mappings, e.g. [{{step: largest_component}}]")
+    try:
+        from semiseg.benchmark.postprocessed import build_pipeline
+
+        build_pipeline(postprocess, dataset)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ConfigError(f"{where}: postprocess: {e}") from None
     work = _resolve(raw.get("work_dir", f"runs/bench/{name}"), root)
     results = _resolve(raw.get("results_dir", "benchmarks/results"), root)
     return BenchmarkConfig(
         name=name, dataset=dataset, split=split, plan=plan, budget=budget, methods=_methods(raw.get("methods"), f"{where}: methods"),
         seeds=list(seeds), predictor=predictor, score_unlabelled=bool(raw.get("score_unlabelled", False)),
-        work_dir=work, results_dir=results, tier=str(raw.get("tier", "cpu")), description=str(raw.get("description", "")),
+        postprocess=[dict(s) for s in postprocess], work_dir=work, results_dir=results, tier=str(raw.get("tier", "cpu")), description=str(raw.get("description", "")),
         source=source, raw=dict(raw),
     )
 

@@ -298,8 +298,25 @@ def collect_pieces(cfg: BenchmarkConfig, layout: Layout) -> tuple[list[dict[str,
     return pieces, stale
 
 
+def postprocess_pieces(cfg: BenchmarkConfig, layout: Layout, progress: bool = False) -> int:
+    """Score every finished piece after the config's ``postprocess`` steps (once per set of steps)."""
+    from semiseg.benchmark.postprocessed import is_current, score_piece
+
+    if not cfg.postprocess:
+        return 0
+    done = 0
+    plan = layout.regime.plan
+    for entry in cfg.entries():
+        for path in sorted((layout.work / "pieces" / entry.name).glob("seed_*.json")):
+            p = json.loads(path.read_text())
+            if p.get("key") == piece_key(cfg, entry, int(p["seed"]), plan) and not is_current(p, cfg.postprocess):
+                done += score_piece(path, cfg.postprocess, cfg.dataset, progress)
+    return done
+
+
 def write_results(cfg: BenchmarkConfig, layout: Layout, skipped: Sequence[dict[str, Any]] = (), device: str | None = None,
                   command: Sequence[str] | None = None) -> Path:
+    postprocess_pieces(cfg, layout)
     pieces, stale = collect_pieces(cfg, layout)
     doc = aggregate(cfg, pieces, skipped, stale, command, device)
     atomic_write_json(cfg.results_file, doc)

@@ -8,6 +8,7 @@ Replaces everything between ``<!-- results:start -->`` and ``<!-- results:end --
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -34,8 +35,12 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
         f"{' + ' + str(bud['unlabelled_batch_size']) + ' unlabelled' if bud.get('unlabelled_batch_size') else ''}"
         f"{'' if doc.get('complete') else ' (incomplete: ' + str(len(doc.get('missing', []))) + ' run(s) missing)'}",
         "",
-        "| method | seeds | Dice (test) | gap closure | NSD | HD95 (mm) | ASD (mm) | train time (min) | peak RAM (GB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    pp = any("foreground_postprocessed" in e for e in doc["entries"].values())
+    lines += [
+        "| method | seeds | Dice (test) | gap closure | NSD | HD95 (mm) | ASD (mm) | train time (min) | peak RAM (GB) |"
+        + (" Dice, post-processed | HD95, post-processed (mm) |" if pp else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if pp else ""),
     ]
     for name, e in doc["entries"].items():
         fg = e["foreground"]
@@ -46,14 +51,17 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
         t_text = "n/a" if t is None else f"{t / 60:.1f}"
         ram_text = "n/a" if ram is None else f"{ram / 1024:.2f}"
         lines.append(f"| {label} | {len(e['seeds'])} | {_pm(fg['DSC'])} | {gc_text} | {_pm(fg['NSD'])} | {_pm(fg['HD95'], 2)} | "
-                     f"{_pm(fg['ASD'], 2)} | {t_text} | {ram_text} |")
+                     f"{_pm(fg['ASD'], 2)} | {t_text} | {ram_text} |"
+                     + (f" {_pm((e.get('foreground_postprocessed') or {}).get('DSC'))} |"
+                        f" {_pm((e.get('foreground_postprocessed') or {}).get('HD95'), 2)} |" if pp else ""))
     runs = doc.get("runs", [])
     commands = sorted({r["command"] for r in runs})
     commits = sorted({r["git_commit"][:12] + ("-dirty" if r["git_commit"].endswith("-dirty") else "") for r in runs})
     machines = sorted({f"{r['machine'].get('cpu_count')} CPU cores, {r['train'].get('device')}, torch {r['machine'].get('torch')}" for r in runs})
     gap = doc.get("supervised_gap", {})
     lines += ["", f"Source: `{source}`; command: {', '.join(f'`{c}`' for c in commands) or 'n/a'}; commit {', '.join(commits) or 'n/a'}; "
-                  f"machine: {'; '.join(machines) or 'n/a'}." + (f" Note: {gap['warning']}." if gap.get("warning") else "")]
+                  f"machine: {'; '.join(machines) or 'n/a'}." + (f" Note: {gap['warning']}." if gap.get("warning") else "")
+              + (f" Post-processing: `{json.dumps(b.get('postprocess'))}`." if pp else "")]
     return "\n".join(lines)
 
 

@@ -259,6 +259,9 @@ def _figure_html(path: Path | None, caption: str) -> str:
 def _summary_table(doc: Mapping[str, Any]) -> str:
     head = ["entry", "method", "seeds", "Dice (mean ± sd)", "gap closure (of means)", "gap closure (per seed)", "IoU", "NSD",
             "HD95 mm", "ASD mm", "train s", "s/step", "peak RSS MB"]
+    pp = any("foreground_postprocessed" in e for e in doc["entries"].values())
+    if pp:
+        head += ["Dice post-processed", "NSD post-processed", "HD95 mm post-processed"]
     rows = []
     for name, e in doc["entries"].items():
         gc = e.get("gap_closure") or {}
@@ -268,9 +271,14 @@ def _summary_table(doc: Mapping[str, Any]) -> str:
                  _pm(gc.get("over_seeds", {}), 2) if name not in (LOWER, UPPER) else "-",
                  _pm(fg["IoU"]), _pm(fg["NSD"]), _pm(fg["HD95"], 2), _pm(fg["ASD"], 2),
                  _pm(e["train_wall_time_s"], 0), _pm(e["seconds_per_step"], 3), _fmt(e["peak_rss_mb"].get("max"), 0)]
+        if pp:
+            fp = e.get("foreground_postprocessed") or {}
+            cells += [_pm(fp.get("DSC") or {}), _pm(fp.get("NSD") or {}), _pm(fp.get("HD95") or {}, 2)]
         cls = ' class="bound"' if name in (LOWER, UPPER) else ""
         rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
+    note = (f"<p>Post-processed columns: each run's test predictions after <code>{html.escape(json.dumps(doc['benchmark'].get('postprocess')))}</code>"
+            " (semiseg.postprocess), scored again.</p>" if pp else "")
+    return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>" + note
 
 
 def _per_case_table(doc: Mapping[str, Any]) -> str:

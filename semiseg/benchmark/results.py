@@ -128,6 +128,10 @@ def aggregate_entry(pieces: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "seconds_per_step": spread(p["train"]["seconds_per_step"] for p in by_seed.values()),
         "predict_wall_time_s": spread(p["predict"]["wall_time_s"] for p in by_seed.values()),
     }
+    if all(p.get("test_postprocessed") for p in by_seed.values()):  # the config's post-processing steps
+        pp = {str(s): {m: _num(p["test_postprocessed"]["foreground_mean"].get(m)) for m in METRICS} for s, p in by_seed.items()}
+        out["foreground_postprocessed"] = {m: spread(v[m] for v in pp.values()) for m in METRICS}
+        out["per_seed_postprocessed"] = pp
     unl = [p["unlabelled"]["foreground_mean"].get("DSC") for p in by_seed.values() if p.get("unlabelled")]
     if unl:
         out["unlabelled_dice"] = spread(unl)
