@@ -83,6 +83,30 @@ def test_two_processes_take_the_whole_batch_step(tmp_path):
         assert not torch.equal(v, start[k]), f"{k} did not move"
 
 
+def _amp_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    distributed.setup("cpu")
+    m = TwoNets()
+    m.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x = _batch()[rank * 2 : rank * 2 + 2]
+    loss = m.loss(x) * (float("inf") if rank == 1 else 1.0)  # an overflow on one process only
+    m.optimize(loss, "a", "b")
+    torch.save({"state": {k: v.detach().clone() for k, v in m.state_dict().items()}, "scale": m.scaler.get_scale()},
+               Path(out) / f"amp{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_an_overflow_on_one_process_skips_the_step_on_all(tmp_path):
+    """Gradients are averaged before the AMP scaler looks for inf/NaN, so no process steps alone."""
+    mp.spawn(_amp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"amp{r}.pt") for r in (0, 1))
+    start = TwoNets().state_dict()
+    for k, v in start.items():
+        assert torch.equal(r0["state"][k], v) and torch.equal(r1["state"][k], v), f"{k}: a process stepped on an overflow"
+    assert r0["scale"] == r1["scale"] == 512.0  # both backed off once
+
+
 def test_layout_helpers_without_a_process_group(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)

@@ -77,13 +77,12 @@ class Method(nn.Module):
         opts = [self.optimizers[n] for n in names]
         for o in opts:
             o.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        # averaged while still scaled, so every process's scaler sees the same inf/NaN and skips alike
+        distributed.average_gradients(p for o in opts for g in o.param_groups for p in g["params"])
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             for o in opts:
                 self.scaler.unscale_(o)
-        else:
-            loss.backward()
-        distributed.average_gradients(p for o in opts for g in o.param_groups for p in g["params"])
         for o in opts:
             params = [p for g in o.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
