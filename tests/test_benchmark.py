@@ -332,3 +332,10 @@ def test_benchmark_with_postprocess_scores_every_run(bench, tmp_path):
     assert "HD95, post-processed (mm)" in table and "largest_component" in table
     page = write_report([path], tmp_path / "report").read_text()
     assert "HD95 mm post-processed" in page
+    # a piece whose predictions are gone keeps its raw scores; its entry then has no post-processed ones
+    cfg2 = config_from_dict({**raw, "postprocess": [{"step": "largest_component", "classes": ["organ"]}]})
+    piece = json.loads((work / "pieces" / "mean-teacher" / "seed_0.json").read_text())
+    shutil.rmtree(piece["test"]["pred_dir"])
+    doc = json.loads(write_results(cfg2, prepare(cfg2, progress=False)).read_text())
+    assert "foreground_postprocessed" not in doc["entries"]["mean-teacher"] and "foreground_postprocessed" in doc["entries"]["lower"]
+    assert doc["entries"]["mean-teacher"]["foreground"]["DSC"]["n"] == 1

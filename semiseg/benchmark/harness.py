@@ -310,7 +310,10 @@ def postprocess_pieces(cfg: BenchmarkConfig, layout: Layout, progress: bool = Fa
         for path in sorted((layout.work / "pieces" / entry.name).glob("seed_*.json")):
             p = json.loads(path.read_text())
             if p.get("key") == piece_key(cfg, entry, int(p["seed"]), plan) and not is_current(p, cfg.postprocess):
-                done += score_piece(path, cfg.postprocess, cfg.dataset, progress)
+                try:
+                    done += score_piece(path, cfg.postprocess, cfg.dataset, progress)
+                except FileNotFoundError as e:  # predictions deleted: the raw scores stand, the entry shows no post-processed ones
+                    print(f"[{cfg.name}] not post-processed: {e}", flush=True)
     return done
 
 

@@ -104,8 +104,9 @@ def _num(x: Any) -> float | None:
 
 
 # -- aggregation -----------------------------------------------------------------------------------
-def aggregate_entry(pieces: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per seed and over seeds: foreground metrics, per class, per case, time and memory of one entry."""
+def aggregate_entry(pieces: Sequence[Mapping[str, Any]], postprocess: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """Per seed and over seeds: foreground metrics, per class, per case, time and memory of one entry;
+    the scores after ``postprocess`` too when every seed has them for exactly those steps."""
     by_seed = {int(p["seed"]): p for p in sorted(pieces, key=lambda p: p["seed"])}
     per_seed: dict[str, Any] = {}
     for s, p in by_seed.items():
@@ -128,7 +129,8 @@ def aggregate_entry(pieces: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "seconds_per_step": spread(p["train"]["seconds_per_step"] for p in by_seed.values()),
         "predict_wall_time_s": spread(p["predict"]["wall_time_s"] for p in by_seed.values()),
     }
-    if all(p.get("test_postprocessed") for p in by_seed.values()):  # the config's post-processing steps
+    steps = [dict(x) for x in postprocess]
+    if steps and all(p.get("test_postprocessed", {}).get("steps") == steps for p in by_seed.values()):
         pp = {str(s): {m: _num(p["test_postprocessed"]["foreground_mean"].get(m)) for m in METRICS} for s, p in by_seed.items()}
         out["foreground_postprocessed"] = {m: spread(v[m] for v in pp.values()) for m in METRICS}
         out["per_seed_postprocessed"] = pp
@@ -178,7 +180,7 @@ def aggregate(cfg: BenchmarkConfig, pieces: Sequence[Mapping[str, Any]], skipped
     for name in order:
         if name in grouped:
             spec = cfg.entry(name)
-            entries[name] = {"method": spec.method, "params": spec.params, "role": spec.role, **aggregate_entry(grouped[name])}
+            entries[name] = {"method": spec.method, "params": spec.params, "role": spec.role, **aggregate_entry(grouped[name], cfg.postprocess)}
     gap = add_gap_closure(entries)
     expected = {(e, s) for e in order for s in cfg.seeds}
     done = {(p["entry"], int(p["seed"])) for p in pieces}
