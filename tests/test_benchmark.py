@@ -328,6 +328,13 @@ def test_benchmark_with_postprocess_scores_every_run(bench, tmp_path):
         fp = e["foreground_postprocessed"]
         assert fp["DSC"]["n"] == 1 and 0.0 <= fp["DSC"]["mean"] <= 1.0, name
     assert all(r["test_postprocessed"]["steps"] == [{"step": "largest_component"}] for r in doc["runs"])
+    gap = doc["supervised_gap_postprocessed"]
+    lo, up = (doc["entries"][n]["foreground_postprocessed"]["DSC"]["mean"] for n in ("lower", "upper"))
+    assert gap["available"] and gap["of_means"] == pytest.approx(up - lo)
+    mt = doc["entries"]["mean-teacher"]
+    if abs(up - lo) > 1e-9:
+        expected = (mt["foreground_postprocessed"]["DSC"]["mean"] - lo) / (up - lo)
+        assert mt["gap_closure_postprocessed"]["of_means"] == pytest.approx(expected)
     table = table_for(doc, "x.json")
     assert "HD95, post-processed (mm)" in table and "largest_component" in table
     page = write_report([path], tmp_path / "report").read_text()

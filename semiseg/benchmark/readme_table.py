@@ -25,6 +25,10 @@ def _pm(s: Mapping[str, Any] | None, digits: int = 3) -> str:
     return f"{s['mean']:.{digits}f}" + (f" ± {s['std']:.{digits}f}" if s.get("std") is not None else "")
 
 
+def _gap_text(name: str, gc: Mapping[str, Any] | None) -> str:
+    return "—" if name in (LOWER, UPPER) or not gc or gc.get("of_means") is None else f"{gc['of_means']:.2f}"
+
+
 def table_for(doc: Mapping[str, Any], source: str) -> str:
     """One benchmark: heading with its regime and budget, a row per entry, and the provenance line."""
     b = doc["benchmark"]
@@ -39,29 +43,29 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
     pp = any("foreground_postprocessed" in e for e in doc["entries"].values())
     lines += [
         "| method | seeds | Dice (test) | gap closure | NSD | HD95 (mm) | ASD (mm) | train time (min) | peak RAM (GB) |"
-        + (" Dice, post-processed | HD95, post-processed (mm) |" if pp else ""),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if pp else ""),
+        + (" Dice, post-processed | gap closure, post-processed | HD95, post-processed (mm) |" if pp else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if pp else ""),
     ]
     for name, e in doc["entries"].items():
         fg = e["foreground"]
         label = {LOWER: "lower bound (supervised, labelled only)", UPPER: "upper bound (supervised, all labelled)"}.get(name, name)
-        gc = e.get("gap_closure") or {}
-        gc_text = "—" if name in (LOWER, UPPER) or gc.get("of_means") is None else f"{gc['of_means']:.2f}"
+        gc_text = _gap_text(name, e.get("gap_closure"))
         t, ram = e["train_wall_time_s"].get("mean"), e["peak_rss_mb"].get("max")
         t_text = "n/a" if t is None else f"{t / 60:.1f}"
         ram_text = "n/a" if ram is None else f"{ram / 1024:.2f}"
         lines.append(f"| {label} | {len(e['seeds'])} | {_pm(fg['DSC'])} | {gc_text} | {_pm(fg['NSD'])} | {_pm(fg['HD95'], 2)} | "
                      f"{_pm(fg['ASD'], 2)} | {t_text} | {ram_text} |"
-                     + (f" {_pm((e.get('foreground_postprocessed') or {}).get('DSC'))} |"
+                     + (f" {_pm((e.get('foreground_postprocessed') or {}).get('DSC'))} | {_gap_text(name, e.get('gap_closure_postprocessed'))} |"
                         f" {_pm((e.get('foreground_postprocessed') or {}).get('HD95'), 2)} |" if pp else ""))
     runs = doc.get("runs", [])
     commands = sorted({r["command"] for r in runs})
     commits = sorted({r["git_commit"][:12] + ("-dirty" if r["git_commit"].endswith("-dirty") else "") for r in runs})
     machines = sorted({f"{r['machine'].get('cpu_count')} CPU cores, {r['train'].get('device')}, torch {r['machine'].get('torch')}" for r in runs})
-    gap = doc.get("supervised_gap", {})
+    gap, gap_pp = doc.get("supervised_gap", {}), doc.get("supervised_gap_postprocessed") or {}
     lines += ["", f"Source: `{source}`; command: {', '.join(f'`{c}`' for c in commands) or 'n/a'}; commit {', '.join(commits) or 'n/a'}; "
                   f"machine: {'; '.join(machines) or 'n/a'}." + (f" Note: {gap['warning']}." if gap.get("warning") else "")
-              + (f" Post-processing: `{json.dumps(b.get('postprocess'))}`." if pp else "")]
+              + (f" Post-processing: `{json.dumps(b.get('postprocess'))}`" + (
+                  f"; supervised gap after it {gap_pp['of_means']:.3f}" if gap_pp.get("of_means") is not None else "") + "." if pp else "")]
     return "\n".join(lines)
 
 

@@ -261,7 +261,7 @@ def _summary_table(doc: Mapping[str, Any]) -> str:
             "HD95 mm", "ASD mm", "train s", "s/step", "peak RSS MB"]
     pp = any("foreground_postprocessed" in e for e in doc["entries"].values())
     if pp:
-        head += ["Dice post-processed", "NSD post-processed", "HD95 mm post-processed"]
+        head += ["Dice post-processed", "gap closure post-processed (of means)", "NSD post-processed", "HD95 mm post-processed"]
     rows = []
     for name, e in doc["entries"].items():
         gc = e.get("gap_closure") or {}
@@ -273,7 +273,9 @@ def _summary_table(doc: Mapping[str, Any]) -> str:
                  _pm(e["train_wall_time_s"], 0), _pm(e["seconds_per_step"], 3), _fmt(e["peak_rss_mb"].get("max"), 0)]
         if pp:
             fp = e.get("foreground_postprocessed") or {}
-            cells += [_pm(fp.get("DSC") or {}), _pm(fp.get("NSD") or {}), _pm(fp.get("HD95") or {}, 2)]
+            gpp = e.get("gap_closure_postprocessed") or {}
+            cells += [_pm(fp.get("DSC") or {}), _fmt(gpp.get("of_means"), 2) if name not in (LOWER, UPPER) else "-",
+                      _pm(fp.get("NSD") or {}), _pm(fp.get("HD95") or {}, 2)]
         cls = ' class="bound"' if name in (LOWER, UPPER) else ""
         rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     note = (f"<p>Post-processed columns: each run's test predictions after <code>{html.escape(json.dumps(doc['benchmark'].get('postprocess')))}</code>"
@@ -325,6 +327,8 @@ def _warnings(doc: Mapping[str, Any], notes: Sequence[str]) -> str:
     gap = doc.get("supervised_gap", {})
     if gap.get("warning"):
         w.append(gap["warning"])
+    if (doc.get("supervised_gap_postprocessed") or {}).get("warning"):
+        w.append("after post-processing: " + doc["supervised_gap_postprocessed"]["warning"])
     if not gap.get("available", True):
         w.append(gap.get("note", "gap closure unavailable"))
     if not doc.get("complete", True):
@@ -370,6 +374,10 @@ def benchmark_section(doc: Mapping[str, Any], out: Path) -> str:
     if gap.get("available"):
         gap_text = (f"<p>Supervised gap (upper - lower, mean foreground Dice): <b>{_fmt(gap.get('of_means'))}</b>"
                     f" (per seed: {_pm(gap.get('over_seeds', {}))}). Gap closure = (method - lower) / (upper - lower).</p>")
+    gap_pp = doc.get("supervised_gap_postprocessed") or {}
+    if gap_pp.get("available"):
+        gap_text += (f"<p>After post-processing: supervised gap <b>{_fmt(gap_pp.get('of_means'))}</b>"
+                     f" (per seed: {_pm(gap_pp.get('over_seeds', {}))}).</p>")
     parts = [
         f"<h2>{html.escape(name)}</h2>",
         f"<p>{html.escape(doc['benchmark'].get('description', ''))}</p>" if doc["benchmark"].get("description") else "",

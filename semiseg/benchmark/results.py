@@ -131,8 +131,9 @@ def aggregate_entry(pieces: Sequence[Mapping[str, Any]], postprocess: Sequence[M
     }
     steps = [dict(x) for x in postprocess]
     if steps and all(p.get("test_postprocessed", {}).get("steps") == steps for p in by_seed.values()):
-        pp = {str(s): {m: _num(p["test_postprocessed"]["foreground_mean"].get(m)) for m in METRICS} for s, p in by_seed.items()}
-        out["foreground_postprocessed"] = {m: spread(v[m] for v in pp.values()) for m in METRICS}
+        pp = {str(s): {"foreground": {m: _num(p["test_postprocessed"]["foreground_mean"].get(m)) for m in METRICS}}
+              for s, p in by_seed.items()}
+        out["foreground_postprocessed"] = {m: spread(v["foreground"][m] for v in pp.values()) for m in METRICS}
         out["per_seed_postprocessed"] = pp
     unl = [p["unlabelled"]["foreground_mean"].get("DSC") for p in by_seed.values() if p.get("unlabelled")]
     if unl:
@@ -140,25 +141,29 @@ def aggregate_entry(pieces: Sequence[Mapping[str, Any]], postprocess: Sequence[M
     return out
 
 
-def _dice_by_seed(entry: Mapping[str, Any]) -> dict[str, float | None]:
-    return {s: v["foreground"]["DSC"] for s, v in entry["per_seed"].items()}
+def _dice_by_seed(entry: Mapping[str, Any], suffix: str = "") -> dict[str, float | None]:
+    return {s: v["foreground"]["DSC"] for s, v in entry["per_seed" + suffix].items()}
 
 
-def add_gap_closure(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Fill each entry's ``gap_closure`` and return the supervised gap (upper - lower) with its spread."""
+def add_gap_closure(entries: dict[str, dict[str, Any]], suffix: str = "") -> dict[str, Any]:
+    """Fill each entry's ``gap_closure`` and return the supervised gap (upper - lower) with its spread.
+
+    ``suffix="_postprocessed"`` does the same on the post-processed scores (entries that have them)."""
+    fg, out = "foreground" + suffix, "gap_closure" + suffix
+    entries = {n: e for n, e in entries.items() if fg in e}
     if LOWER not in entries or UPPER not in entries:
         for e in entries.values():
-            e["gap_closure"] = None
+            e[out] = None
         return {"available": False, "note": "gap closure needs both bounds; run the 'lower' and 'upper' entries"}
-    lo, up = _dice_by_seed(entries[LOWER]), _dice_by_seed(entries[UPPER])
-    lo_mean, up_mean = entries[LOWER]["foreground"]["DSC"]["mean"], entries[UPPER]["foreground"]["DSC"]["mean"]
+    lo, up = _dice_by_seed(entries[LOWER], suffix), _dice_by_seed(entries[UPPER], suffix)
+    lo_mean, up_mean = entries[LOWER][fg]["DSC"]["mean"], entries[UPPER][fg]["DSC"]["mean"]
     for e in entries.values():
-        d = _dice_by_seed(e)
+        d = _dice_by_seed(e, suffix)
         per_seed = {s: gap_closure(d[s], lo[s], up[s]) for s in d if s in lo and s in up}
-        e["gap_closure"] = {
+        e[out] = {
             "per_seed": per_seed,
             "over_seeds": spread(per_seed.values()),
-            "of_means": gap_closure(e["foreground"]["DSC"]["mean"], lo_mean, up_mean),
+            "of_means": gap_closure(e[fg]["DSC"]["mean"], lo_mean, up_mean),
         }
     gaps = {s: up[s] - lo[s] for s in lo if s in up and lo[s] is not None and up[s] is not None}
     gap = {"available": True, "per_seed": gaps, "over_seeds": spread(gaps.values()),
@@ -182,6 +187,7 @@ def aggregate(cfg: BenchmarkConfig, pieces: Sequence[Mapping[str, Any]], skipped
             spec = cfg.entry(name)
             entries[name] = {"method": spec.method, "params": spec.params, "role": spec.role, **aggregate_entry(grouped[name], cfg.postprocess)}
     gap = add_gap_closure(entries)
+    gap_pp = add_gap_closure(entries, "_postprocessed") if cfg.postprocess else None
     expected = {(e, s) for e in order for s in cfg.seeds}
     done = {(p["entry"], int(p["seed"])) for p in pieces}
     plans = {json.dumps(p["key"]["plan"], sort_keys=True) for p in pieces}
@@ -193,6 +199,7 @@ def aggregate(cfg: BenchmarkConfig, pieces: Sequence[Mapping[str, Any]], skipped
         "written_by": provenance(device, command),
         "entries": entries,
         "supervised_gap": gap,
+        **({"supervised_gap_postprocessed": gap_pp} if gap_pp is not None else {}),
         "complete": expected <= done,
         "missing": sorted(f"{e}/seed_{s}" for e, s in expected - done),
         "skipped": list(skipped),
