@@ -241,6 +241,16 @@ def test_mpl_teacher_learns_from_student_change_only():
     assert not changed(s0, m.student) and not changed(t0, m.teacher)
 
 
+def test_mpl_student_labelled_step_comes_after_the_feedback():
+    plain, sup = build("mpl"), build("mpl", {"student_sup_weight": 1.0})
+    r0, r1 = plain.training_step(make_batch(), CTX), sup.training_step(make_batch(), CTX)
+    assert "student_sup" not in r0 and r1["student_sup"] > 0
+    # the feedback (and so the teacher) is the same: the labelled step happens after h is measured
+    assert r1["h"] == r0["h"] and r1["student_new"] == r0["student_new"]
+    assert not changed(snapshot(plain.teacher), sup.teacher)
+    assert changed(snapshot(plain.student), sup.student)  # ...but the student took the extra step
+
+
 def test_mpl_finetune_steps_train_student_only():
     m = build("mpl", {"finetune_steps": 10})
     t0, s0 = snapshot(m.teacher), snapshot(m.student)

@@ -60,7 +60,11 @@ class MetaPseudoLabels(Method):
       data: the FLARE22 paper first trains the teacher on the labelled cases, so the student does not
       start from an untrained teacher's all-background argmax); finetune_steps 0 (the last N steps
       train the student on labelled data only, Pham et al.'s final fine-tuning; 0 leaves it to a
-      separate supervised run).
+      separate supervised run); student_sup_weight 0.0 (> 0: after each feedback step the student also
+      takes a step on the labelled batch with this weight, as the FLARE22 paper's text has the student
+      use "the pseudo labels and labeled images"; the step comes after h is measured, so the feedback
+      still scores the pseudo-labels alone. 0 is Alg. 1: a weak teacher's near-background argmax can
+      then collapse the student, as on CHAOS-SSL CPU).
     The UDA term of Pham et al.'s teacher is omitted.
     """
 
@@ -68,7 +72,7 @@ class MetaPseudoLabels(Method):
     needs_unlabelled = True
     defaults: dict[str, Any] = {
         "pseudo": "hard", "temperature": 1.0, "sup_weight": 1.0, "mpl_weight": 1.0, "mpl_loss": "ce",
-        "feedback_sign": 1, "warmup_steps": 0, "finetune_steps": 0,
+        "feedback_sign": 1, "warmup_steps": 0, "finetune_steps": 0, "student_sup_weight": 0.0,
     }
 
     def __init__(self, make_net, num_classes, params, train_cfg):
@@ -121,8 +125,14 @@ class MetaPseudoLabels(Method):
         t_mpl = mpl_teacher_loss(t_u_logits, h, p["mpl_loss"])
         t_loss = p["sup_weight"] * t_sup + p["mpl_weight"] * t_mpl
         self.optimize(t_loss, "teacher")
-        return {"loss": float(s_loss.detach()), "teacher_loss": float(t_loss.detach()), "teacher_sup": float(t_sup.detach()),
-                "h": h, "student_old": old, "student_new": new}
+        out = {"loss": float(s_loss.detach()), "teacher_loss": float(t_loss.detach()), "teacher_sup": float(t_sup.detach()),
+               "h": h, "student_old": old, "student_new": new}
+        if p["student_sup_weight"] > 0:  # 4. optional labelled step of the student, after the feedback was measured
+            with self.autocast(ctx.device):
+                s_sup = dice_ce(self.student(image), label)
+            self.optimize(p["student_sup_weight"] * s_sup, "student")
+            out["student_sup"] = float(s_sup.detach())
+        return out
 
     def inference_network(self) -> nn.Module:
         return self.student
