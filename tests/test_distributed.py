@@ -65,6 +65,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     for _ in range(2):
         m.optimize(m.loss(x), "a", "b")
     torch.save({k: v.detach().clone() for k, v in m.state_dict().items()}, Path(out) / f"rank{rank}.pt")
+    dist.barrier()  # neither process tears down the group while the other still uses it
     dist.destroy_process_group()
 
 
@@ -94,6 +95,7 @@ def _amp_worker(rank: int, world: int, port: int, out: str) -> None:
     m.optimize(loss, "a", "b")
     torch.save({"state": {k: v.detach().clone() for k, v in m.state_dict().items()}, "scale": m.scaler.get_scale()},
                Path(out) / f"amp{rank}.pt")
+    dist.barrier()  # neither process tears down the group while the other still uses it
     dist.destroy_process_group()
 
 
