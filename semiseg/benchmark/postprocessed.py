@@ -15,25 +15,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from semiseg.data.cases import IMAGE_ENDINGS
 from semiseg.data.io import atomic_write_json, read_array, write_segmentation
 
 KEY = "test_postprocessed"
 
 
-def dataset_labels(dataset: Path) -> dict[str, int]:
-    return {str(k): int(v) for k, v in json.loads((dataset / "dataset.json").read_text())["labels"].items()}
-
-
 def build_pipeline(steps: Sequence[Mapping[str, Any]], dataset: Path) -> Any:
     """The pipeline of a config's ``postprocess`` list, resolved against the dataset's labels."""
+    from semiseg.evaluation.evaluate import read_dataset_json
     from semiseg.postprocess import Pipeline
 
-    return Pipeline.from_config(list(steps), dataset_labels(dataset))
+    labels, _ = read_dataset_json(dataset / "dataset.json")
+    return Pipeline.from_config(list(steps), labels)
 
 
 def postprocess_folder(pred_dir: Path, out_dir: Path, pipeline: Any) -> list[Path]:
     """Apply ``pipeline`` to every label map in ``pred_dir``; written atomically under ``out_dir``."""
-    files = sorted(p for p in pred_dir.iterdir() if p.name.endswith((".nii.gz", ".nii", ".mha", ".nrrd")))
+    files = sorted(p for p in pred_dir.iterdir() if p.name.endswith(IMAGE_ENDINGS))
     if not files:
         raise FileNotFoundError(f"{pred_dir}: no predictions to post-process")
     if out_dir.exists():
