@@ -41,6 +41,9 @@ class Plan:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     median_shape: list[int] = field(default_factory=list)  # after resampling
     foreground_oversample: float = 0.33
+    # spatial (z, y, x) axes mirrored in training and test-time augmentation; planning drops the patient's
+    # left-right axis when labels are lateralised (left/right kidney), since a flip would swap their meaning
+    mirror_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
 
     @property
     def num_classes(self) -> int:

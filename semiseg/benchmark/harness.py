@@ -68,11 +68,20 @@ def piece_key(cfg: BenchmarkConfig, entry: MethodSpec, seed: int, plan: Plan) ->
     return _as_json({
         "dataset": str(cfg.dataset),
         "split": cfg.upper_split() if entry.name == UPPER else cfg.split,
-        "plan": dataclasses.asdict(plan),
+        "plan": _plan_key(plan),
         "train_config": dataclasses.asdict(train_config(cfg, entry, seed)),
         "predictor": cfg.predictor,
         "score_unlabelled": cfg.score_unlabelled,
     })
+
+
+def _plan_key(plan: Plan) -> dict[str, Any]:
+    """The plan as keyed; ``mirror_axes`` is left out at its default so pieces made before the field existed
+    (all axes mirrored) stay valid."""
+    d = dataclasses.asdict(plan)
+    if list(d.get("mirror_axes", [0, 1, 2])) == [0, 1, 2]:
+        d.pop("mirror_axes", None)
+    return d
 
 
 def _as_json(obj: Any) -> Any:

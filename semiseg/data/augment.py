@@ -8,7 +8,7 @@ Rotations are in-plane only when the patch is anisotropic (nnU-Net's "dummy 2D" 
 from __future__ import annotations
 
 import math
-from typing import Any, Hashable, Mapping
+from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 from monai.transforms import (
@@ -56,11 +56,14 @@ class RandContrastd(RandomizableTransform, MapTransform):
         return d
 
 
-def build_augmentation(preset: str, patch_size: list[int], with_label: bool = True) -> Compose:
+def build_augmentation(preset: str, patch_size: list[int], with_label: bool = True,
+                       mirror_axes: Sequence[int] = (0, 1, 2)) -> Compose:
+    """``mirror_axes``: the spatial (z, y, x) axes that may be flipped (the plan's; not the left-right axis
+    when labels are lateralised)."""
     keys = ["image", "label"] if with_label else ["image"]
     if preset == "none":
         return Compose([])
-    flips = [RandFlipd(keys, prob=0.5, spatial_axis=ax) for ax in range(3)]
+    flips = [RandFlipd(keys, prob=0.5, spatial_axis=ax) for ax in mirror_axes]
     if preset == "mirror":
         return Compose(flips)
     if preset not in PRESETS:

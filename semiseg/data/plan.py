@@ -5,7 +5,9 @@ The plan is data (plan.json): every field can be edited or overridden without to
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ class Fingerprint:
     spacings: np.ndarray  # (N, 3) zyx mm
     shapes_after_crop: np.ndarray  # (N, 3)
     foreground_intensities: list[np.ndarray]  # per channel, a sample of foreground voxels
+    left_right_axes: list[int] = field(default_factory=list)  # per case: the (z, y, x) axis along the patient's left-right
 
     def intensity_stats(self, channel: int) -> dict[str, float]:
         v = self.foreground_intensities[channel]
@@ -39,13 +42,14 @@ class Fingerprint:
 def fingerprint(ds: RawDataset, samples_per_case: int = 10000, seed: int = 1234, progress: bool = True) -> Fingerprint:
     """Spacing, cropped shape and foreground intensities of the labelled cases (never unlabelled labels)."""
     rng = np.random.default_rng(seed)
-    spacings, shapes = [], []
+    spacings, shapes, lr_axes = [], [], []
     fg: list[list[np.ndarray]] = [[] for _ in range(ds.num_channels)]
     for case in tqdm(ds.labelled, desc="fingerprint", disable=not progress):
         image, label, geo = ds.load_case(case, with_label=True)
         assert label is not None
         image, label, _ = crop_to_nonzero(image, label)
         spacings.append(geo.spacing_zyx)
+        lr_axes.append(left_right_axis(geo.direction))
         shapes.append(image.shape[1:])
         mask = label > 0
         for c in range(ds.num_channels):
@@ -56,7 +60,42 @@ def fingerprint(ds: RawDataset, samples_per_case: int = 10000, seed: int = 1234,
         np.asarray(spacings, float),
         np.asarray(shapes, int),
         [np.concatenate(v) if v else np.zeros(0) for v in fg],
+        lr_axes,
     )
+
+
+_SIDE_WORDS = {"left", "right", "l", "r", "lt", "rt"}
+
+
+def is_lateralised(labels: dict[str, int]) -> bool:
+    """True if two labels are one organ's left and right ("left_kidney"/"right_kidney", "Kidney L"/"Kidney R"):
+    a left-right flip would turn one into the other. A lone sided label ("left_atrium") has no twin to become."""
+    seen: dict[tuple[str, ...], set[str]] = {}
+    for name in labels:
+        words = [w for w in re.split(r"[^a-z]+", name.lower()) if w]
+        sides = {w[0] for w in words if w in _SIDE_WORDS}  # "l"/"r"
+        if len(sides) == 1:
+            seen.setdefault(tuple(w for w in words if w not in _SIDE_WORDS), set()).update(sides)
+    return any(len(s) == 2 for s in seen.values())
+
+
+def left_right_axis(direction: tuple[float, ...] | list[float]) -> int:
+    """The array axis (0 = z, 1 = y, 2 = x) running along the patient's left-right.
+
+    SimpleITK's direction matrix (row-major, columns = index axes x, y, z) maps to LPS patient space,
+    whose first coordinate is right-to-left; the index axis with the largest component there is it."""
+    d = np.asarray(direction, float).reshape(3, 3)
+    return 2 - int(np.argmax(np.abs(d[0])))
+
+
+def mirror_axes(labels: dict[str, int], left_right_axes: list[int]) -> list[int]:
+    """All three axes, less the left-right one when labels are lateralised: a flip would turn a left kidney
+    into a right one while keeping its label (nnU-Net mirrors every axis, and its trainers without
+    mirroring exist for such data)."""
+    if not is_lateralised(labels) or not left_right_axes:
+        return [0, 1, 2]
+    lr = Counter(left_right_axes).most_common(1)[0][0]
+    return [a for a in (0, 1, 2) if a != lr]
 
 
 def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> list[float]:
@@ -160,4 +199,5 @@ def make_plan(
         normalization=norm,
         network=NetworkConfig(arch="unet", features=features, kernels=kernels, strides=strides, deep_supervision=deep_supervision),
         median_shape=median_shape,
+        mirror_axes=mirror_axes(ds.labels, fp.left_right_axes),
     )

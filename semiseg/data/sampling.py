@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -66,12 +66,13 @@ def crop_patch(data: np.ndarray, seg: np.ndarray | None, patch: list[int], cente
 
 
 class PatchSampler:
-    def __init__(self, cases: list[CachedCase], patch: list[int], fg_fraction: float, preset: str):
+    def __init__(self, cases: list[CachedCase], patch: list[int], fg_fraction: float, preset: str,
+                 mirror_axes: Sequence[int] = (0, 1, 2)):
         self.cases = cases
         self.patch = list(patch)
         self.fg_fraction = fg_fraction
         self.with_labels = cases[0].seg_path is not None
-        self.transform = build_augmentation(preset, self.patch, with_label=self.with_labels)
+        self.transform = build_augmentation(preset, self.patch, with_label=self.with_labels, mirror_axes=mirror_axes)
 
     def sample(self, rng: np.random.Generator, force_fg: bool) -> dict[str, np.ndarray]:
         case = self.cases[int(rng.integers(len(self.cases)))]

@@ -58,16 +58,17 @@ class DataSpec:
 def make_batches(plan: Plan, cfg: TrainConfig, spec: DataSpec, method: Method,
                  info: distributed.DistInfo = distributed.DistInfo()) -> TrainingBatches:
     """This process's stream of batches: its share of the global batch sizes, its own sampling seed."""
-    lab = PatchSampler(open_cases(spec.cache, spec.labelled, True), plan.patch_size, plan.foreground_oversample, cfg.augmentation)
+    lab = PatchSampler(open_cases(spec.cache, spec.labelled, True), plan.patch_size, plan.foreground_oversample, cfg.augmentation, plan.mirror_axes)
     unl = None
     if method.needs_unlabelled:
         if not spec.unlabelled:
             raise ValueError(f"method '{cfg.method}' needs unlabelled cases but the split has none")
-        unl = PatchSampler(open_cases(spec.cache, spec.unlabelled, False), plan.patch_size, 0.0, cfg.method_params.get("unlabelled_augmentation", "mirror"))
+        unl = PatchSampler(open_cases(spec.cache, spec.unlabelled, False), plan.patch_size, 0.0, cfg.method_params.get("unlabelled_augmentation", "mirror"),
+                           plan.mirror_axes)
     pseudo = None
     if spec.pseudo:
         assert spec.pseudo_cache is not None
-        pseudo = PatchSampler(open_cases(spec.pseudo_cache, spec.pseudo, True), plan.patch_size, plan.foreground_oversample, cfg.augmentation)
+        pseudo = PatchSampler(open_cases(spec.pseudo_cache, spec.pseudo, True), plan.patch_size, plan.foreground_oversample, cfg.augmentation, plan.mirror_axes)
     return TrainingBatches(lab, distributed.local_batch(cfg.batch_size, info), distributed.rank_seed(cfg.seed, info), unl,
                            distributed.local_batch(cfg.unlabelled_batch_size, info, "unlabelled_batch_size") if unl is not None else cfg.unlabelled_batch_size,
                            pseudo, spec.pseudo_per_labelled)

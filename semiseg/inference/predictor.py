@@ -167,7 +167,8 @@ class Predictor:
     # -- arrays ----------------------------------------------------------------------------------
     def _window_options(self) -> dict[str, Any]:
         return dict(step=self.cfg.step, gaussian=self.cfg.gaussian, tta=self.cfg.tta, batch=self.cfg.batch,
-                    device=self.device, autocast_dtype=PRECISIONS[self.cfg.precision], prepare=self.prepare)
+                    device=self.device, autocast_dtype=PRECISIONS[self.cfg.precision], prepare=self.prepare,
+                    mirror_axes=self.plan.mirror_axes)
 
     def logits(self, net: Net, data: np.ndarray) -> torch.Tensor:
         """Sliding-window logits of one network on a preprocessed (C, z, y, x) array (whole volume)."""

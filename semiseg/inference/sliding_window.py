@@ -38,6 +38,13 @@ TTA_AXES: dict[str, list[tuple[int, ...]]] = {
 }
 
 
+def tta_flips(tta: str, mirror_axes: Sequence[int] = (0, 1, 2)) -> list[tuple[int, ...]]:
+    """The TTA flip set, less flips of axes the plan does not mirror (trained without them, the net would see
+    a left kidney where its label says right)."""
+    allowed = {a + 2 for a in mirror_axes}
+    return [f for f in TTA_AXES[tta] if set(f) <= allowed]
+
+
 @lru_cache(maxsize=8)
 def _gaussian(patch: tuple[int, ...], sigma_scale: float = 1 / 8) -> torch.Tensor:
     """nnU-Net v2's importance map: a Gaussian (sigma = patch * sigma_scale) centred on voxel patch // 2,
@@ -118,6 +125,7 @@ def iter_slabs(
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    mirror_axes: Sequence[int] = (0, 1, 2),
 ) -> Iterator[Slab]:
     """Run every network on each batch of windows and yield finished z-slabs in order.
 
@@ -139,7 +147,7 @@ def iter_slabs(
     starts = [window_starts(s, int(p), step) for s, p in zip(shape, patch)]
     windows = list(itertools.product(*starts))  # z-major: rows of equal z start are contiguous
     weight = importance_map(patch, gaussian).to(device)
-    flips = TTA_AXES[tta]
+    flips = tta_flips(tta, mirror_axes)
     (za, zb), (ya, yb), (xa, xb) = pads
     crop_yx = (slice(ya, shape[1] - yb), slice(xa, shape[2] - xb))
 
@@ -194,6 +202,7 @@ def sliding_window(
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    mirror_axes: Sequence[int] = (0, 1, 2),
 ) -> torch.Tensor:
     """Weighted mean of the network's raw outputs over all windows: (num_outputs, z, y, x) float32 on CPU.
 
@@ -202,6 +211,7 @@ def sliding_window(
     back something the net accepts; the output is converted back to a dense CPU tensor."""
     shape = tuple(data.shape[1:])
     out = torch.empty((num_outputs, *shape), dtype=torch.float32)
-    for slab in iter_slabs([net], data, patch, num_outputs, step, gaussian, tta, batch, device, autocast_dtype, prepare):
+    for slab in iter_slabs([net], data, patch, num_outputs, step, gaussian, tta, batch, device, autocast_dtype, prepare,
+                           mirror_axes):
         out[:, slab.z0 : slab.z1] = slab.logits[0]
     return out
