@@ -338,7 +338,9 @@ def test_benchmark_with_postprocess_scores_every_run(bench, tmp_path):
     table = table_for(doc, "x.json")
     assert "HD95, post-processed (mm)" in table and "largest_component" in table
     page = write_report([path], tmp_path / "report").read_text()
-    assert "HD95 mm post-processed" in page
+    post = page.split("<h3>After post-processing</h3>")[1].split("<h3>")[0]  # its own table, so no table is page-wide
+    assert "largest_component" in post and post.count("<tr") == 1 + len(doc["entries"])
+    assert all(t.count("<th>") <= 9 for t in page.split("<table>")[1:4])
     # a piece whose predictions are gone keeps its raw scores; its entry then has no post-processed ones
     cfg2 = config_from_dict({**raw, "postprocess": [{"step": "largest_component", "classes": ["organ"]}]})
     piece = json.loads((work / "pieces" / "mean-teacher" / "seed_0.json").read_text())

@@ -257,30 +257,39 @@ def _figure_html(path: Path | None, caption: str) -> str:
 
 
 def _summary_table(doc: Mapping[str, Any]) -> str:
-    head = ["entry", "method", "seeds", "Dice (mean ± sd)", "gap closure (of means)", "gap closure (per seed)", "IoU", "NSD",
-            "HD95 mm", "ASD mm", "train s", "s/step", "peak RSS MB"]
+    """Three narrow tables (accuracy, accuracy after post-processing, cost) rather than one wider than the page."""
     pp = any("foreground_postprocessed" in e for e in doc["entries"].values())
-    if pp:
-        head += ["Dice post-processed", "gap closure post-processed (of means)", "NSD post-processed", "HD95 mm post-processed"]
-    rows = []
+    acc_head = ["entry", "seeds", "Dice (mean ± sd)", "gap closure (of means)", "gap closure (per seed)", "IoU", "NSD", "HD95 mm", "ASD mm"]
+    pp_head = ["entry", "Dice", "gap closure (of means)", "gap closure (per seed)", "NSD", "HD95 mm"]
+    cost_head = ["entry", "method and parameters", "train s", "s/step", "peak RSS MB"]
+    acc, post, cost = [], [], []
     for name, e in doc["entries"].items():
+        bound = name in (LOWER, UPPER)
         gc = e.get("gap_closure") or {}
         fg = e["foreground"]
-        cells = [name, e["method"] + (f" {json.dumps(e['params'])}" if e["params"] else ""), str(len(e["seeds"])), _pm(fg["DSC"]),
-                 _fmt(gc.get("of_means"), 2) if name not in (LOWER, UPPER) else "-",
-                 _pm(gc.get("over_seeds", {}), 2) if name not in (LOWER, UPPER) else "-",
-                 _pm(fg["IoU"]), _pm(fg["NSD"]), _pm(fg["HD95"], 2), _pm(fg["ASD"], 2),
-                 _pm(e["train_wall_time_s"], 0), _pm(e["seconds_per_step"], 3), _fmt(e["peak_rss_mb"].get("max"), 0)]
+        acc.append((name, [name, str(len(e["seeds"])), _pm(fg["DSC"]),
+                           "-" if bound else _fmt(gc.get("of_means"), 2), "-" if bound else _pm(gc.get("over_seeds", {}), 2),
+                           _pm(fg["IoU"]), _pm(fg["NSD"]), _pm(fg["HD95"], 2), _pm(fg["ASD"], 2)]))
         if pp:
             fp = e.get("foreground_postprocessed") or {}
             gpp = e.get("gap_closure_postprocessed") or {}
-            cells += [_pm(fp.get("DSC") or {}), _fmt(gpp.get("of_means"), 2) if name not in (LOWER, UPPER) else "-",
-                      _pm(fp.get("NSD") or {}), _pm(fp.get("HD95") or {}, 2)]
-        cls = ' class="bound"' if name in (LOWER, UPPER) else ""
-        rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    note = (f"<p>Post-processed columns: each run's test predictions after <code>{html.escape(json.dumps(doc['benchmark'].get('postprocess')))}</code>"
-            " (semiseg.postprocess), scored again.</p>" if pp else "")
-    return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>" + note
+            post.append((name, [name, _pm(fp.get("DSC") or {}), "-" if bound else _fmt(gpp.get("of_means"), 2),
+                                "-" if bound else _pm(gpp.get("over_seeds", {}), 2), _pm(fp.get("NSD") or {}), _pm(fp.get("HD95") or {}, 2)]))
+        cost.append((name, [name, e["method"] + (f" {json.dumps(e['params'])}" if e["params"] else ""),
+                            _pm(e["train_wall_time_s"], 0), _pm(e["seconds_per_step"], 3), _fmt(e["peak_rss_mb"].get("max"), 0)]))
+    out = "<h3>Accuracy on the test cases</h3>" + _table(acc_head, acc)
+    if pp:
+        out += ("<h3>After post-processing</h3><p>Each run's test predictions after <code>"
+                f"{html.escape(json.dumps(doc['benchmark'].get('postprocess')))}</code> (semiseg.postprocess), scored again.</p>"
+                + _table(pp_head, post))
+    return out + "<h3>Cost</h3>" + _table(cost_head, cost)
+
+
+def _table(head: list[str], rows: list[tuple[str, list[str]]]) -> str:
+    bound = ' class="bound"'
+    body = "".join(f"<tr{bound if name in (LOWER, UPPER) else ''}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+                   for name, cells in rows)
+    return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>" + body + "</table>"
 
 
 def _per_case_table(doc: Mapping[str, Any]) -> str:
