@@ -26,6 +26,9 @@ class NetworkConfig:
     dropout: float = 0.0
 
 
+ALL_AXES: tuple[int, ...] = (0, 1, 2)  # the spatial (z, y, x) axes: mirroring's default
+
+
 @dataclass
 class Plan:
     """What self-configuration decided for one dataset; every field may be overridden in plan.json."""
@@ -43,7 +46,7 @@ class Plan:
     foreground_oversample: float = 0.33
     # spatial (z, y, x) axes mirrored in training and test-time augmentation; planning drops the patient's
     # left-right axis when labels are lateralised (left/right kidney), since a flip would swap their meaning
-    mirror_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
+    mirror_axes: list[int] = field(default_factory=lambda: list(ALL_AXES))
 
     @property
     def num_classes(self) -> int:

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from semiseg.benchmark.config import UPPER, BenchmarkConfig, ConfigError, MethodSpec
 from semiseg.benchmark.results import aggregate, provenance
 from semiseg.benchmark.runners import runner_for
-from semiseg.config import Plan, TrainConfig
+from semiseg.config import ALL_AXES, Plan, TrainConfig
 from semiseg.data.io import atomic_write_json
 from semiseg.run import Run, create_run
 
@@ -79,7 +79,7 @@ def _plan_key(plan: Plan) -> dict[str, Any]:
     """The plan as keyed; ``mirror_axes`` is left out at its default so pieces made before the field existed
     (all axes mirrored) stay valid."""
     d = dataclasses.asdict(plan)
-    if list(d.get("mirror_axes", [0, 1, 2])) == [0, 1, 2]:
+    if tuple(d.get("mirror_axes", ALL_AXES)) == ALL_AXES:
         d.pop("mirror_axes", None)
     return d
 

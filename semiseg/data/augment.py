@@ -24,6 +24,8 @@ from monai.transforms import (
     RandSimulateLowResolutiond,
 )
 
+from semiseg.config import ALL_AXES
+
 PRESETS: dict[str, dict[str, Any]] = {
     "teacher": dict(noise=(0.1, 0.1), blur=(0.2, (0.5, 1.0)), bright=(0.15, 0.25), contrast=(0.15, (0.75, 1.25)), lowres=(0.25, (0.5, 1.0)), gamma=(0.1, (0.7, 1.5))),
     "student": dict(noise=(0.15, 0.1), blur=(0.2, (0.5, 1.5)), bright=(0.15, 0.3), contrast=(0.15, (0.65, 1.5)), lowres=(0.25, (0.5, 1.0)), gamma=(0.15, (0.7, 1.5))),
@@ -57,7 +59,7 @@ class RandContrastd(RandomizableTransform, MapTransform):
 
 
 def build_augmentation(preset: str, patch_size: list[int], with_label: bool = True,
-                       mirror_axes: Sequence[int] = (0, 1, 2)) -> Compose:
+                       mirror_axes: Sequence[int] = ALL_AXES) -> Compose:
     """``mirror_axes``: the spatial (z, y, x) axes that may be flipped (the plan's; not the left-right axis
     when labels are lateralised)."""
     keys = ["image", "label"] if with_label else ["image"]

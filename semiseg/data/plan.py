@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from semiseg.config import NetworkConfig, Plan
+from semiseg.config import ALL_AXES, NetworkConfig, Plan
 from semiseg.data.dataset import RawDataset
 from semiseg.data.preprocess import crop_to_nonzero
 
@@ -93,9 +93,9 @@ def mirror_axes(labels: dict[str, int], left_right_axes: list[int]) -> list[int]
     into a right one while keeping its label (nnU-Net mirrors every axis, and its trainers without
     mirroring exist for such data)."""
     if not is_lateralised(labels) or not left_right_axes:
-        return [0, 1, 2]
+        return list(ALL_AXES)
     lr = Counter(left_right_axes).most_common(1)[0][0]
-    return [a for a in (0, 1, 2) if a != lr]
+    return [a for a in ALL_AXES if a != lr]
 
 
 def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> list[float]:

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from semiseg.config import ALL_AXES
 from semiseg.data.augment import augment, build_augmentation
 
 
@@ -67,7 +68,7 @@ def crop_patch(data: np.ndarray, seg: np.ndarray | None, patch: list[int], cente
 
 class PatchSampler:
     def __init__(self, cases: list[CachedCase], patch: list[int], fg_fraction: float, preset: str,
-                 mirror_axes: Sequence[int] = (0, 1, 2)):
+                 mirror_axes: Sequence[int] = ALL_AXES):
         self.cases = cases
         self.patch = list(patch)
         self.fg_fraction = fg_fraction

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from semiseg.deploy.ops import window_starts  # noqa: F401  (torch-free; re-exported)
+from semiseg.config import ALL_AXES
 from semiseg.networks import main_output
 
 Net = nn.Module | Callable[[torch.Tensor], torch.Tensor]
@@ -38,7 +39,7 @@ TTA_AXES: dict[str, list[tuple[int, ...]]] = {
 }
 
 
-def tta_flips(tta: str, mirror_axes: Sequence[int] = (0, 1, 2)) -> list[tuple[int, ...]]:
+def tta_flips(tta: str, mirror_axes: Sequence[int] = ALL_AXES) -> list[tuple[int, ...]]:
     """The TTA flip set, less flips of axes the plan does not mirror (trained without them, the net would see
     a left kidney where its label says right)."""
     allowed = {a + 2 for a in mirror_axes}
@@ -125,7 +126,7 @@ def iter_slabs(
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    mirror_axes: Sequence[int] = (0, 1, 2),
+    mirror_axes: Sequence[int] = ALL_AXES,
 ) -> Iterator[Slab]:
     """Run every network on each batch of windows and yield finished z-slabs in order.
 
@@ -202,7 +203,7 @@ def sliding_window(
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    mirror_axes: Sequence[int] = (0, 1, 2),
+    mirror_axes: Sequence[int] = ALL_AXES,
 ) -> torch.Tensor:
     """Weighted mean of the network's raw outputs over all windows: (num_outputs, z, y, x) float32 on CPU.
 
