@@ -128,6 +128,26 @@ def test_resume_skips_finished_runs(bench):
     assert json.loads(bench["results"].read_text())["complete"]
 
 
+def test_fresh_clone_extends_committed_results_instead_of_dropping_them(bench, tmp_path):
+    """Only the results file is committed: a new work folder gets its pieces back from it, nothing is retrained."""
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy(bench["results"], results / "tiny.json")
+    before = json.loads((results / "tiny.json").read_text())
+    cfg = config_from_dict(raw_config(bench["data"], bench["base"], work_dir=str(tmp_path / "fresh"), results_dir=str(results)))
+    run_benchmark(cfg, device="cpu", progress=False)
+    assert not list((tmp_path / "fresh").rglob("model_final.pt"))  # every run came back from the file
+    assert sorted(p.name for p in (tmp_path / "fresh" / "pieces").rglob("seed_*.json")) == ["seed_0.json"] * 3
+    after = json.loads((results / "tiny.json").read_text())
+    assert after["complete"] and after["entries"] == before["entries"] and after["runs"] == before["runs"]
+    # runs made under another configuration are not restored: that entry is trained again
+    changed = config_from_dict(raw_config(bench["data"], bench["base"], work_dir=str(tmp_path / "fresh2"), results_dir=str(results),
+                                          methods=[{"method": "mean-teacher", "params": {"ema_decay": 0.9}}]))
+    from semiseg.benchmark.harness import prepare, restore_pieces
+
+    assert restore_pieces(changed, prepare(changed, progress=False)) == 2  # lower and upper only
+
+
 def test_changed_budget_is_refused_not_mixed(bench):
     cfg = config_from_dict(raw_config(bench["data"], bench["base"], budget={"iterations": 4}))
     with pytest.raises(ConfigError, match="different train_config"):

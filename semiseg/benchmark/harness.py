@@ -335,6 +335,38 @@ def write_results(cfg: BenchmarkConfig, layout: Layout, skipped: Sequence[dict[s
     return cfg.results_file
 
 
+def restore_pieces(cfg: BenchmarkConfig, layout: Layout) -> int:
+    """Write back, from the committed results file, the pieces this work folder lacks; returns how many.
+
+    A fresh clone has the results file but not ``runs/``: without this, the first piece it finished would
+    rewrite the results from that piece alone and drop every committed run. Only runs whose key equals this
+    configuration's key are restored (the file states the plan once; it is put back into each key), so a
+    changed config still reruns rather than mixing. A restored piece keeps its recorded paths and scores;
+    its model and predictions are not there, so post-processing steps added later cannot rescore it."""
+    if not cfg.results_file.is_file():
+        return 0
+    from semiseg.benchmark.results import load_results
+
+    doc = load_results(cfg.results_file)
+    plan = doc.get("plan")
+    if not isinstance(plan, dict):  # several plans in one file: keys cannot be rebuilt unambiguously
+        return 0
+    names = {e.name: e for e in cfg.entries()}
+    restored = 0
+    for run in doc.get("runs", []):
+        entry = names.get(run.get("entry"))
+        if entry is None:
+            continue
+        seed = int(run["seed"])
+        path = layout.piece(entry.name, seed)
+        piece = {**run, "key": {**run.get("key", {}), "plan": plan}}
+        if path.is_file() or piece["key"] != piece_key(cfg, entry, seed, layout.run_for(entry).plan):
+            continue
+        atomic_write_json(path, piece)
+        restored += 1
+    return restored
+
+
 def _check_piece(path: Path, key: dict[str, Any]) -> bool:
     """True if finished under this configuration; raise if finished under another one."""
     if not path.is_file():
@@ -360,6 +392,9 @@ def run_benchmark(cfg: BenchmarkConfig, only: Sequence[str] | None = None, seeds
     if unknown:
         raise ConfigError(f"--only: unknown entr{'y' if len(unknown) == 1 else 'ies'} {unknown} (entries: {', '.join(names)})")
     layout = prepare(cfg, progress)
+    restored = restore_pieces(cfg, layout)
+    if restored:
+        print(f"[{cfg.name}] {restored} finished run(s) restored from {cfg.results_file}", flush=True)
     entries = [e for e in cfg.entries() if not only or e.name in only]
     skipped: list[dict[str, Any]] = []
     for e in list(entries):
