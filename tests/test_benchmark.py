@@ -63,7 +63,7 @@ def test_results_file_holds_every_number_with_its_provenance(bench):
             assert sorted(r["test"]["cases"][case]) == ["lesion", "organ"]
             assert set(r["test"]["cases"][case]["organ"]) == {"DSC", "IoU", "NSD", "HD95", "ASD"}
         assert r["command"] == f"semiseg benchmark {bench['cfg_file']}"
-        assert r["git_commit"] and r["machine"]["cpu_count"] >= 1 and r["machine"]["torch"]
+        assert r["git_commit"] and r["machine"]["cpu_count"] >= 1 and r["machine"]["torch"] and "cpu_model" in r["machine"]
         assert r["budget"]["iterations"] == 3 and r["key"]["train_config"]["iterations"] == 3
         t = r["train"]
         assert t["wall_time_s"] > 0 and t["peak_rss_mb"] > 0 and t["seconds_per_step"] > 0 and t["steps"] == 3

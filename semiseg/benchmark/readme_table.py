@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from semiseg.benchmark.config import LOWER, UPPER, repo_root
-from semiseg.benchmark.results import load_results
+from semiseg.benchmark.results import cpu_model_text, load_results
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -60,7 +60,7 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
     runs = doc.get("runs", [])
     commands = sorted({r["command"] for r in runs})
     commits = sorted({r["git_commit"][:12] + ("-dirty" if r["git_commit"].endswith("-dirty") else "") for r in runs})
-    machines = sorted({f"{r['machine'].get('cpu_count')} CPU cores, {r['train'].get('device')}, torch {r['machine'].get('torch')}" for r in runs})
+    machines = sorted({f"{r['machine'].get('cpu_count')} CPU cores{cpu_model_text(r)}, {r['train'].get('device')}, torch {r['machine'].get('torch')}" for r in runs})
     gap, gap_pp = doc.get("supervised_gap", {}), doc.get("supervised_gap_postprocessed") or {}
     lines += ["", f"Source: `{source}`; command: {', '.join(f'`{c}`' for c in commands) or 'n/a'}; commit {', '.join(commits) or 'n/a'}; "
                   f"machine: {'; '.join(machines) or 'n/a'}." + (f" Note: {gap['warning']}." if gap.get("warning") else "")

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from semiseg.benchmark.config import LOWER, UPPER
-from semiseg.benchmark.results import case_foreground, load_results
+from semiseg.benchmark.results import case_foreground, cpu_model_text, load_results
 from semiseg.data.io import atomic_write_text
 
 _COLOURS = {LOWER: "#7f7f7f", UPPER: "#2f2f2f"}
@@ -309,7 +309,7 @@ def _meta(doc: Mapping[str, Any]) -> str:
     plan_bits = json.dumps({k: v for k, v in b["plan"].items() if v not in (None, {}, [])})
     commands = sorted({r["command"] for r in doc["runs"]})
     commits = sorted({r["git_commit"] for r in doc["runs"]})
-    machines = sorted({f"{r['machine'].get('platform')}, {r['machine'].get('cpu_count')} CPUs, {r['machine'].get('ram_gb')} GB, "
+    machines = sorted({f"{r['machine'].get('platform')}, {r['machine'].get('cpu_count')} CPUs{cpu_model_text(r)}, {r['machine'].get('ram_gb')} GB, "
                        f"torch {r['machine'].get('torch')}, device {r['train'].get('device')}" for r in doc["runs"]})
     loads = [r["train"].get("load_average_1min_at_start") for r in doc["runs"]]
     loads = [x for x in loads if x is not None]

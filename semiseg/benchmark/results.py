@@ -45,6 +45,17 @@ def git_commit(root: Path | None = None) -> str:
         return "unknown"
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux): timings from two hosts differ by 2x with the same core count."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip() or None
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def machine_info(device: str | None = None) -> dict[str, Any]:
     """Where a number was measured: OS, CPU, cores, RAM, torch and the compute device."""
     import psutil
@@ -52,6 +63,7 @@ def machine_info(device: str | None = None) -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "hostname": platform.node(), "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "ram_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
@@ -60,6 +72,12 @@ def machine_info(device: str | None = None) -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def cpu_model_text(run: Mapping[str, Any]) -> str:
+    """`` (model)`` for a run's machine line when the CPU model was recorded (older runs did not record it)."""
+    model = run.get("machine", {}).get("cpu_model")
+    return f" ({model})" if model else ""
 
 
 def provenance(device: str | None = None, command: Sequence[str] | None = None) -> dict[str, Any]:
