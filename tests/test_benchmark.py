@@ -276,6 +276,8 @@ def test_selftrain_entry_runs_through_the_pipeline(bench):
     doc = json.loads(run_benchmark(cfg, only=["unfiltered"], device="cpu", progress=False).read_text())
     run = next(r for r in doc["runs"] if r["entry"] == "unfiltered")
     assert run["train"]["steps"] == 3 and sorted(run["test"]["cases"]) == TEST
+    assert run["train"]["models_trained"] == 3  # two fold models and the final one, each with its own time
+    assert run["train"]["models_wall_time_s"] > 0
     seed_dir = bench["base"] / "work" / "regime" / "models" / "unfiltered" / "seed_0"
     assert (seed_dir / "cache").resolve() == (bench["base"] / "work" / "regime" / "cache").resolve()  # shared preprocessing
     assert any("uncertainty" in f for f in run["figures"])

@@ -59,7 +59,8 @@ def test_resume_gives_same_weights_as_uninterrupted(run, tmp_path, method):
     out = tmp_path / "interrupted"
     ck = train(plan, cfg, sp, out, device="cpu", progress=False, stop_after=3)
     assert ck == out / "checkpoint.pt" and not (out / "model_final.pt").exists()
-    assert torch.load(ck, map_location="cpu", weights_only=False)["step"] == 3
+    first = torch.load(ck, map_location="cpu", weights_only=False)
+    assert first["step"] == 3 and first["wall_time_s"] > 0
     resumed = train(plan, cfg, sp, out, device="cpu", progress=False)
     assert resumed == out / "model_final.pt"
 
@@ -71,6 +72,8 @@ def test_resume_gives_same_weights_as_uninterrupted(run, tmp_path, method):
     hb = json.loads((out / "log.json").read_text())["history"]
     assert [h["step"] for h in hb] == list(range(6))
     assert ha == hb  # the resumed log carries the steps before the interruption, with the same losses
+    log = json.loads((out / "log.json").read_text())  # the time of both sessions, not only the resumed one
+    assert log["wall_time_s"] == pytest.approx(first["wall_time_s"] + log["wall_time_this_session_s"], abs=0.05)
 
     for folder in (tmp_path / "full", out):
         for name in ("model_final.pt", "checkpoint.pt", "log.json", "curve.png", "plan.json", "train_config.json"):

@@ -229,9 +229,22 @@ def _train(cfg: BenchmarkConfig, layout: Layout, entry: MethodSpec, seed: int, d
         "steps": tcfg.iterations, "steps_measured": measured, "resumed_from_step": start,
         "seconds_per_step": (wall / measured) if wall is not None and measured else None, "device": log.get("device", device),
         "train_config": dataclasses.asdict(tcfg), "load_average_1min_at_start": load,
+        **_models_time(out),
     }
     atomic_write_json(profile_file, info)
     return model, info
+
+
+def _models_time(out: Path) -> dict[str, Any]:
+    """Training time of every model a multi-model method (self-training: fold ensembles, students) left in
+    ``out``, from each model's own log (which spans all the sessions of a resumed training). The measured
+    ``wall_time_s`` covers only this invocation and leaves out fold models shared with another method of the
+    same seed; this is the method's whole training cost."""
+    logs = sorted(out.rglob("log.json"))
+    if len(logs) <= 1:
+        return {}
+    times = [json.loads(p.read_text()).get("wall_time_s") for p in logs]
+    return {"models_trained": len(logs), "models_wall_time_s": float(sum(t for t in times if t is not None))}
 
 
 def _predict_and_score(cfg: BenchmarkConfig, model: Path, images: Path, labels: Path, pred_dir: Path, out_file: Path,

@@ -74,9 +74,10 @@ def make_batches(plan: Plan, cfg: TrainConfig, spec: DataSpec, method: Method,
                            pseudo, spec.pseudo_per_labelled)
 
 
-def _checkpoint_state(method: Method, step: int, history: list[dict[str, float]]) -> dict[str, Any]:
+def _checkpoint_state(method: Method, step: int, history: list[dict[str, float]], wall_time_s: float) -> dict[str, Any]:
     return {
         "step": step,
+        "wall_time_s": wall_time_s,  # training time of every session so far: a resumed run's log reports the whole
         "method": method.state_dict(),
         "optimizers": {k: o.state_dict() for k, o in method.optimizers.items()},
         "scaler": method.scaler.state_dict() if method.scaler is not None else None,
@@ -127,7 +128,7 @@ def train(
     if info.is_main:
         atomic_write_json(out / "train_config.json", dataclasses.asdict(cfg))
         plan.save(out / "plan.json")
-    start, history = 0, []
+    start, history, earlier_s = 0, [], 0.0
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
@@ -137,7 +138,7 @@ def train(
         if method.scaler is not None and ck["scaler"] is not None:
             method.scaler.load_state_dict(ck["scaler"])
         method.load_extra_state(ck["extra"])
-        start, history = ck["step"], ck["history"]
+        start, history, earlier_s = ck["step"], ck["history"], float(ck.get("wall_time_s", 0.0))
     batches = make_batches(plan, cfg, spec, method, info)
     end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
     loader = torch.utils.data.DataLoader(
@@ -163,7 +164,7 @@ def train(
         if (step + 1) % EPOCH_LENGTH == 0:
             method.on_epoch_end(ctx)
         if info.is_main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == end):
-            atomic_torch_save(_checkpoint_state(method, step + 1, history), ckpt_path)
+            atomic_torch_save(_checkpoint_state(method, step + 1, history, earlier_s + time.time() - t0), ckpt_path)
     bar.close()
     if not info.is_main:
         distributed.barrier()  # process 0 writes the checkpoint or final model; return once it exists
@@ -177,7 +178,8 @@ def train(
          "method": cfg.method, "train_config": dataclasses.asdict(cfg)},
         final,
     )
-    atomic_write_json(out / "log.json", {"history": history, "wall_time_s": time.time() - t0, "device": str(dev)})
+    atomic_write_json(out / "log.json", {"history": history, "wall_time_s": earlier_s + time.time() - t0,
+                                            "wall_time_this_session_s": time.time() - t0, "device": str(dev)})
     plot_curve(history, out / "curve.png")
     distributed.barrier()
     return final
