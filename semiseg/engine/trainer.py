@@ -178,8 +178,9 @@ def train(
          "method": cfg.method, "train_config": dataclasses.asdict(cfg)},
         final,
     )
-    atomic_write_json(out / "log.json", {"history": history, "wall_time_s": earlier_s + time.time() - t0,
-                                            "wall_time_this_session_s": time.time() - t0, "device": str(dev)})
+    session_s = time.time() - t0
+    atomic_write_json(out / "log.json", {"history": history, "wall_time_s": earlier_s + session_s,
+                                            "wall_time_this_session_s": session_s, "device": str(dev)})
     plot_curve(history, out / "curve.png")
     distributed.barrier()
     return final
