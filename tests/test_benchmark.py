@@ -231,6 +231,10 @@ def test_readme_table_is_generated_between_markers(bench, tmp_path):
     text = readme.read_text()
     assert text.startswith("# title\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "stale" not in text
     assert "| lower bound (supervised, labelled only) | 1 |" in text and "| mean-teacher | 1 |" in text
+    doc = json.loads(next(results_dir.glob("*.json")).read_text())
+    mt_row = next(line for line in text.splitlines() if line.startswith("| mean-teacher |")).split(" | ")
+    head = next(line for line in text.splitlines() if line.startswith("| method |")).split(" | ")
+    assert mt_row[head.index("s/step")] == f"{doc['entries']['mean-teacher']['seconds_per_step']['mean']:.2f}"
     assert "semiseg benchmark" in text
     assert update_readme(readme, results_dir) is False  # idempotent
     assert main(["--readme", str(readme), "--results", str(results_dir), "--check"]) == 0

@@ -42,9 +42,9 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
     ]
     pp = any("foreground_postprocessed" in e for e in doc["entries"].values())
     lines += [
-        "| method | seeds | Dice (test) | gap closure | NSD | HD95 (mm) | ASD (mm) | train time (min) | peak RAM (GB) |"
+        "| method | seeds | Dice (test) | gap closure | NSD | HD95 (mm) | ASD (mm) | train time (min) | s/step | peak RAM (GB) |"
         + (" Dice, post-processed | gap closure, post-processed | HD95, post-processed (mm) |" if pp else ""),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if pp else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if pp else ""),
     ]
     for name, e in doc["entries"].items():
         fg = e["foreground"]
@@ -52,9 +52,11 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
         gc_text = _gap_text(name, e.get("gap_closure"))
         t, ram = e["train_wall_time_s"].get("mean"), e["peak_rss_mb"].get("max")
         t_text = "n/a" if t is None else f"{t / 60:.1f}"
+        sps = (e.get("seconds_per_step") or {}).get("mean")  # whole method's time over the budget's steps
+        sps_text = "n/a" if sps is None else f"{sps:.2f}"
         ram_text = "n/a" if ram is None else f"{ram / 1024:.2f}"
         lines.append(f"| {label} | {len(e['seeds'])} | {_pm(fg['DSC'])} | {gc_text} | {_pm(fg['NSD'])} | {_pm(fg['HD95'], 2)} | "
-                     f"{_pm(fg['ASD'], 2)} | {t_text} | {ram_text} |"
+                     f"{_pm(fg['ASD'], 2)} | {t_text} | {sps_text} | {ram_text} |"
                      + (f" {_pm((e.get('foreground_postprocessed') or {}).get('DSC'))} | {_gap_text(name, e.get('gap_closure_postprocessed'))} |"
                         f" {_pm((e.get('foreground_postprocessed') or {}).get('HD95'), 2)} |" if pp else ""))
     runs = doc.get("runs", [])
