@@ -374,3 +374,33 @@ def test_benchmark_with_postprocess_scores_every_run(bench, tmp_path):
     doc = json.loads(write_results(cfg2, prepare(cfg2, progress=False)).read_text())
     assert "foreground_postprocessed" not in doc["entries"]["mean-teacher"] and "foreground_postprocessed" in doc["entries"]["lower"]
     assert doc["entries"]["mean-teacher"]["foreground"]["DSC"]["n"] == 1
+
+
+def test_resumed_training_reports_the_whole_time_and_this_sessions_step_time(bench, tmp_path):
+    """An interrupted training resumed by the benchmark: train time spans both sessions, s/step is this session's."""
+    from semiseg.benchmark.harness import _train, prepare, train_config
+    from semiseg.engine.trainer import DataSpec, train
+
+    work = tmp_path / "work"
+    shutil.copytree(bench["base"] / "work", work, symlinks=True)
+    cfg = config_from_dict(raw_config(bench["data"], tmp_path))
+    layout = prepare(cfg, progress=False)
+    entry = cfg.entry("lower")
+    run = layout.run_for(entry)
+    out = run.root / "models" / "lower" / "seed_0"
+    shutil.rmtree(out)
+    tcfg = train_config(cfg, entry, 0)
+    spec = DataSpec(run.cache, run.training_cases("all", 5)[0])
+    train(run.plan, tcfg, spec, out, device="cpu", progress=False, stop_after=2)  # the interrupted first session
+    first = torch_load_step_time(out)
+    _, info = _train(cfg, layout, entry, 0, "cpu", False)
+    log = json.loads((out / "log.json").read_text())
+    assert info["resumed_from_step"] == 2 and info["steps_measured"] == 1
+    assert info["wall_time_s"] == pytest.approx(log["wall_time_s"]) == pytest.approx(first + log["wall_time_this_session_s"])
+    assert info["seconds_per_step"] == pytest.approx(info["wall_time_this_session_s"] / 1)
+
+
+def torch_load_step_time(out: Path) -> float:
+    import torch
+
+    return float(torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["wall_time_s"])

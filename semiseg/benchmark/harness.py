@@ -219,15 +219,18 @@ def _train(cfg: BenchmarkConfig, layout: Layout, entry: MethodSpec, seed: int, d
     log_file = (model.parent if model.is_file() else model) / "log.json"
     log = json.loads(log_file.read_text()) if log_file.is_file() else {}
     measured = tcfg.iterations - start
-    wall = eff.wall_time_s
+    wall = session = eff.wall_time_s
     if measured <= 0:  # already trained before this session: only the engine's own log knows the time
-        wall, measured = log.get("wall_time_s"), tcfg.iterations
+        wall = session = log.get("wall_time_s")
+        measured = tcfg.iterations
+    elif start > 0 and log.get("wall_time_s") is not None:
+        wall = log["wall_time_s"]  # resumed: the whole training, earlier sessions included (s/step stays this session's)
     info = {
         "model": str(model), "model_dir": str(out), "log": str(log_file) if log_file.is_file() else None,
-        "wall_time_s": wall, "peak_rss_mb": eff.peak_rss_mb if start < tcfg.iterations else None,
+        "wall_time_s": wall, "wall_time_this_session_s": session, "peak_rss_mb": eff.peak_rss_mb if start < tcfg.iterations else None,
         "max_gpu_mb": eff.max_gpu_mb, "auc_cpu_percent_s": eff.auc_cpu_percent_s,
         "steps": tcfg.iterations, "steps_measured": measured, "resumed_from_step": start,
-        "seconds_per_step": (wall / measured) if wall is not None and measured else None, "device": log.get("device", device),
+        "seconds_per_step": (session / measured) if session is not None and measured else None, "device": log.get("device", device),
         "train_config": dataclasses.asdict(tcfg), "load_average_1min_at_start": load,
         **_models_time(out),
     }
