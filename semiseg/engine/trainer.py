@@ -18,7 +18,7 @@ from semiseg.config import Plan, TrainConfig
 from semiseg.data.io import atomic_write_json
 from semiseg.data.sampling import PatchSampler, TrainingBatches, open_cases
 from semiseg.engine import distributed
-from semiseg.methods import Method, StepContext, get_method
+from semiseg.methods import Method, StepContext, build_method
 from semiseg.networks import build_network
 
 EPOCH_LENGTH = 250  # nnU-Net's epoch, used for per-epoch hooks (adaptive weights) and log averages
@@ -32,15 +32,6 @@ def pick_device(name: str | None = None) -> torch.device:
 
 def poly_lr(base: float, step: int, total: int, exponent: float = 0.9) -> float:
     return base * (1 - step / max(1, total)) ** exponent
-
-
-def build_method(plan: Plan, cfg: TrainConfig) -> Method:
-    cls = get_method(cfg.method)
-
-    def make_net(**overrides: Any) -> torch.nn.Module:
-        return build_network(plan.network, plan.num_input_channels, plan.num_classes, **overrides)
-
-    return cls(make_net, plan.num_classes, cfg.method_params, cfg)
 
 
 @dataclass
@@ -122,9 +113,7 @@ def train(
         method.inference_network().load_state_dict(state["weights"])
     method.to(dev)
     distributed.broadcast_state(method)  # identical start on every process (init is seeded alike anyway)
-    if dev.type == "cuda" and cfg.amp:
-        method.scaler = torch.amp.GradScaler("cuda")
-        method.autocast_dtype = torch.float16
+    method.enable_amp(dev, cfg.amp)
     if info.is_main:
         atomic_write_json(out / "train_config.json", dataclasses.asdict(cfg))
         plan.save(out / "plan.json")

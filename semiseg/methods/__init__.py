@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
+from torch import nn
+
+from semiseg.config import Plan, TrainConfig
 from semiseg.methods.base import METHODS, Method, StepContext, register
 
 _MODULES = ["semiseg.methods.supervised", "semiseg.methods.mean_teacher", "semiseg.methods.cps", "semiseg.methods.mpl"]
@@ -20,4 +24,16 @@ def get_method(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "Method", "StepContext", "register", "get_method"]
+def build_method(plan: Plan, cfg: TrainConfig) -> Method:
+    """The configured method with its networks built from the plan (on the CPU; the caller moves it)."""
+    from semiseg.networks import build_network
+
+    cls = get_method(cfg.method)
+
+    def make_net(**overrides: Any) -> nn.Module:
+        return build_network(plan.network, plan.num_input_channels, plan.num_classes, **overrides)
+
+    return cls(make_net, plan.num_classes, cfg.method_params, cfg)
+
+
+__all__ = ["METHODS", "Method", "StepContext", "register", "get_method", "build_method"]

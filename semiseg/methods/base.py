@@ -63,6 +63,12 @@ class Method(nn.Module):
             weight_decay=self.cfg.weight_decay,
         )
 
+    def enable_amp(self, device: torch.device, enabled: bool = True) -> None:
+        """The engine's mixed precision: fp16 autocast with a grad scaler on CUDA; elsewhere stays fp32."""
+        if device.type == "cuda" and enabled:
+            self.scaler = torch.amp.GradScaler("cuda")
+            self.autocast_dtype = torch.float16
+
     def autocast(self, device: torch.device):
         """Mixed precision where the engine enabled it (CUDA fp16), a no-op elsewhere."""
         if self.autocast_dtype is None:
