@@ -52,7 +52,7 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
         gc_text = _gap_text(name, e.get("gap_closure"))
         t, ram = e["train_wall_time_s"].get("mean"), e["peak_rss_mb"].get("max")
         t_text = "n/a" if t is None else f"{t / 60:.1f}"
-        sps = (e.get("seconds_per_step") or {}).get("mean")  # whole method's time over the budget's steps
+        sps = (e.get("seconds_per_step") or {}).get("mean")  # training time per budget step (the last session's, if resumed)
         sps_text = "n/a" if sps is None else f"{sps:.2f}"
         ram_text = "n/a" if ram is None else f"{ram / 1024:.2f}"
         lines.append(f"| {label} | {len(e['seeds'])} | {_pm(fg['DSC'])} | {gc_text} | {_pm(fg['NSD'])} | {_pm(fg['HD95'], 2)} | "
