@@ -24,6 +24,10 @@ class NetworkConfig:
     strides: list[list[int]] = field(default_factory=list)  # per stage, first is [1, 1, 1]
     deep_supervision: bool = False
     dropout: float = 0.0
+    # where dropout acts: "auto" (the arch's own: every conv block for the U-Net, as DynUNet; the bottleneck
+    # and before the head for V-Net and the light U-Net), "bottleneck" (SSL4MIS / UA-MT placement, any arch),
+    # "blocks" (U-Net only)
+    dropout_at: str = "auto"
 
 
 ALL_AXES: tuple[int, ...] = (0, 1, 2)  # the spatial (z, y, x) axes: mirroring's default

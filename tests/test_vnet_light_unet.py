@@ -103,3 +103,29 @@ def test_vnet_mc_dropout_active_only_in_train_mode():
         assert torch.equal(net(x), net(x))
     plain = build_network(NetworkConfig(arch="vnet", features=[4], dropout=0.0), 2, 3).train()
     assert torch.allclose(plain(x), plain(x))
+
+
+def test_unet_bottleneck_dropout_is_mc_dropout_and_survives_a_teacher_copy():
+    """dropout_at='bottleneck' (UA-MT's placement on the U-Net): stochastic in train mode only, no per-block
+    dropout left in DynUNet, and a deepcopy (a mean teacher) follows its own train/eval mode."""
+    import copy
+
+    cfg = NetworkConfig(features=[4, 8, 16], dropout=0.5, dropout_at="bottleneck")
+    net = build_network(cfg, 1, 3)
+    assert not [m for m in net.net.modules() if isinstance(m, (torch.nn.Dropout, torch.nn.Dropout3d))]
+    blocks = build_network(NetworkConfig(features=[4, 8, 16], dropout=0.5), 1, 3)  # auto: DynUNet's every-block dropout
+    assert [m for m in blocks.net.modules() if isinstance(m, (torch.nn.Dropout, torch.nn.Dropout3d))]
+    x = torch.randn(2, 1, 8, 16, 16)
+    net.train()
+    with torch.no_grad():
+        assert not torch.allclose(net(x), net(x))
+        teacher = copy.deepcopy(net).eval()
+        assert torch.equal(teacher(x), teacher(x))  # the copy's hooks use the copy's (eval) dropout
+        assert not torch.allclose(net(x), net(x))  # the original is still in train mode
+        net.eval()
+        assert torch.equal(net(x), net(x))
+    assert set(net.state_dict()) == set(build_network(NetworkConfig(features=[4, 8, 16]), 1, 3).state_dict())
+    with pytest.raises(ValueError, match="dropout_at"):
+        build_network(NetworkConfig(features=[4, 8, 16], dropout=0.5, dropout_at="everywhere"), 1, 3)
+    with pytest.raises(ValueError, match="unet only"):
+        build_network(NetworkConfig(arch="vnet", features=[4], dropout=0.5, dropout_at="blocks"), 1, 3)

@@ -81,6 +81,8 @@ def _plan_key(plan: Plan) -> dict[str, Any]:
     d = dataclasses.asdict(plan)
     if tuple(d.get("mirror_axes", ALL_AXES)) == ALL_AXES:
         d.pop("mirror_axes", None)
+    if d["network"].get("dropout_at", "auto") == "auto":  # likewise for network.dropout_at, added later
+        d["network"].pop("dropout_at", None)
     return d
 
 

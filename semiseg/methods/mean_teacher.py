@@ -107,7 +107,8 @@ class MeanTeacher(Method):
     params (defaults):
       ema_decay 0.99; consistency 0.1 (max weight); consistency_type "mse" | "kl";
       rampup 1.0 (sigmoid ramp-up length as a fraction of training, UA-MT code ramps over the run);
-      noise_std 0.1 (teacher input noise, clamped at +-2 std); dropout 0.0 (both networks);
+      noise_std 0.1 (teacher input noise, clamped at +-2 std); dropout 0.0 (both networks); dropout_at
+      "auto" (NetworkConfig.dropout_at: "bottleneck" puts a U-Net's dropout where UA-MT's V-Net has it);
       sup_loss "dice_ce" | "dice_ce_lovasz"; inference "student" | "teacher".
     Consistency is taken on the labelled and unlabelled images together (Yu et al.'s code).
     """
@@ -116,7 +117,7 @@ class MeanTeacher(Method):
     needs_unlabelled = True
     defaults: dict[str, Any] = {
         "ema_decay": 0.99, "consistency": 0.1, "consistency_type": "mse", "rampup": 1.0, "noise_std": 0.1,
-        "dropout": 0.0, "sup_loss": "dice_ce", "inference": "student",
+        "dropout": 0.0, "dropout_at": "auto", "sup_loss": "dice_ce", "inference": "student",
     }
 
     def __init__(self, make_net, num_classes, params, train_cfg):
@@ -124,7 +125,7 @@ class MeanTeacher(Method):
         p = self.params
         if p["inference"] not in ("student", "teacher"):
             raise ValueError("inference must be 'student' or 'teacher'")
-        self.student = make_net(dropout=p["dropout"])
+        self.student = make_net(dropout=p["dropout"], dropout_at=p["dropout_at"])
         self.teacher = copy.deepcopy(self.student)
         for q in self.teacher.parameters():
             q.requires_grad_(False)
@@ -163,7 +164,8 @@ class UAMT(MeanTeacher):
     """UA-MT: consistency only on voxels whose teacher MC entropy is below a ramped threshold.
 
     params: as mean-teacher, with defaults passes 8 (T), dropout 0.5 (UA-MT's V-Net; with arch
-    "unet" DynUNet drops after every conv, so consider less), threshold_rampup 1.0 (fraction of
+    "unet" DynUNet drops after every conv unless dropout_at is "bottleneck", so consider less),
+    threshold_rampup 1.0 (fraction of
     training over which the threshold rises from 0.75 ln K to ln K).
     """
 

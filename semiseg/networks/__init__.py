@@ -24,6 +24,8 @@ def main_output(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...
 def build_network(cfg: NetworkConfig, in_channels: int, num_classes: int, **overrides: Any) -> nn.Module:
     """Build the network named by ``cfg.arch`` (overrides replace NetworkConfig fields)."""
     cfg = dataclasses.replace(cfg, **overrides)
+    if cfg.arch != "unet" and cfg.dropout_at not in ("auto", "bottleneck"):
+        raise ValueError(f"network.dropout_at '{cfg.dropout_at}' is for arch unet only; {cfg.arch} drops at its bottleneck (auto)")
     if cfg.arch == "unet":
         from semiseg.networks.unet import UNet
 

@@ -25,6 +25,9 @@ class UNet(nn.Module):
         if not (len(kernels) == len(strides) == len(cfg.features)):
             raise ValueError("network.features, network.kernels and network.strides must have one entry per stage")
         self.deep_supervision = cfg.deep_supervision
+        placement = "blocks" if cfg.dropout_at == "auto" else cfg.dropout_at
+        if placement not in ("blocks", "bottleneck"):
+            raise ValueError(f"network.dropout_at must be auto, blocks or bottleneck, got '{cfg.dropout_at}'")
         self.net = DynUNet(
             spatial_dims=3,
             in_channels=in_channels,
@@ -33,13 +36,26 @@ class UNet(nn.Module):
             strides=strides,
             upsample_kernel_size=strides[1:],
             filters=list(cfg.features),
-            dropout=cfg.dropout if cfg.dropout > 0 else None,
+            dropout=cfg.dropout if cfg.dropout > 0 and placement == "blocks" else None,
             norm_name=("INSTANCE", {"affine": True}),
             act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
             deep_supervision=cfg.deep_supervision,
             deep_supr_num=max(1, min(2, len(cfg.features) - 2)),
             res_block=False,
         )
+        # SSL4MIS placement (UA-MT's V-Net): channel dropout on the bottleneck's output and on the head's input.
+        # DynUNet nests its bottleneck inside skip layers, so hooks apply it; bound methods, so a deepcopy
+        # (a mean teacher) gets hooks bound to its own dropout and train/eval state.
+        self.drop = nn.Dropout3d(cfg.dropout) if cfg.dropout > 0 and placement == "bottleneck" else None
+        if self.drop is not None:
+            self.net.bottleneck.register_forward_hook(self._drop_output)
+            self.net.output_block.register_forward_pre_hook(self._drop_input)
+
+    def _drop_output(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return self.drop(out)
+
+    def _drop_input(self, module: nn.Module, args: tuple) -> tuple:
+        return (self.drop(args[0]), *args[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         out = self.net(x)
