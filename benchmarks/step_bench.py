@@ -87,12 +87,10 @@ def time_entry(doc: dict[str, Any], entry: dict[str, Any], device: str, amp: boo
     """Seconds per ``training_step`` and peak memory of one entry on synthetic batches of the plan's shape."""
     import torch
 
-    from semiseg.config import NetworkConfig, Plan, TrainConfig
+    from semiseg.config import Plan, TrainConfig
     from semiseg.methods import StepContext, build_method
 
-    raw = dict(doc["plan"])
-    raw["network"] = NetworkConfig(**raw["network"])
-    plan = Plan(**raw)
+    plan = Plan.from_dict(doc["plan"])
     b = doc["budget"]
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in b["train"].items() if k in known}, method=entry["method"], iterations=b["iterations"],
@@ -231,6 +229,7 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """semiseg.data.io.atomic_write_text without importing that module, which needs SimpleITK (not on the GPU machine)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

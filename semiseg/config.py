@@ -62,10 +62,13 @@ class Plan:
         atomic_write_text(path, json.dumps(dataclasses.asdict(self), indent=2))
 
     @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Plan":
+        """A plan from its JSON form (``dataclasses.asdict``), as plan.json files and checkpoints hold it."""
+        return cls(**{**raw, "network": NetworkConfig(**raw.get("network", {}))})
+
+    @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        raw = json.loads(Path(path).read_text())
-        raw["network"] = NetworkConfig(**raw.get("network", {}))
-        return cls(**raw)
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 @dataclass

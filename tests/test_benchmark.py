@@ -392,7 +392,7 @@ def test_resumed_training_reports_the_whole_time_and_this_sessions_step_time(ben
     tcfg = train_config(cfg, entry, 0)
     spec = DataSpec(run.cache, run.training_cases("all", 5)[0])
     train(run.plan, tcfg, spec, out, device="cpu", progress=False, stop_after=2)  # the interrupted first session
-    first = torch_load_step_time(out)
+    first = checkpoint_wall_time(out)
     _, info = _train(cfg, layout, entry, 0, "cpu", False)
     log = json.loads((out / "log.json").read_text())
     assert info["resumed_from_step"] == 2 and info["steps_measured"] == 1
@@ -400,7 +400,7 @@ def test_resumed_training_reports_the_whole_time_and_this_sessions_step_time(ben
     assert info["seconds_per_step"] == pytest.approx(info["wall_time_this_session_s"] / 1)
 
 
-def torch_load_step_time(out: Path) -> float:
+def checkpoint_wall_time(out: Path) -> float:
     import torch
 
     return float(torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["wall_time_s"])

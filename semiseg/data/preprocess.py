@@ -148,11 +148,10 @@ def restore_to_input(seg_or_probs: np.ndarray, props: dict[str, Any], is_probabi
 # -- the cache ---------------------------------------------------------------------------------
 def _preprocess_one(args: tuple[Any, ...]) -> str:
     ds_root, split, plan_dict, case, with_label, out_dir = args
-    from semiseg.config import NetworkConfig
     from semiseg.data.dataset import RawDataset
 
     ds = RawDataset.open(ds_root, split)
-    plan = Plan(**{**plan_dict, "network": NetworkConfig(**plan_dict["network"])})
+    plan = Plan.from_dict(plan_dict)
     image, label, geo = ds.load_case(case, with_label=with_label)
     for path, channel in zip(ds.image_paths(case), image):
         if not np.isfinite(channel).all():

@@ -215,7 +215,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[to
     from semiseg.config import NetworkConfig
 
     state = torch.load(path, map_location="cpu", weights_only=False)
-    plan = Plan(**{**state["plan"], "network": NetworkConfig(**state["plan"]["network"])})
+    plan = Plan.from_dict(state["plan"])
     net_cfg = NetworkConfig(**state["network"])
     net = build_network(dataclasses.replace(net_cfg, deep_supervision=False), plan.num_input_channels, plan.num_classes)
     missing = net.load_state_dict(state["weights"], strict=False)

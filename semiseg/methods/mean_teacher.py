@@ -165,8 +165,7 @@ class UAMT(MeanTeacher):
 
     params: as mean-teacher, with defaults passes 8 (T), dropout 0.5 (UA-MT's V-Net; with arch
     "unet" DynUNet drops after every conv unless dropout_at is "bottleneck", so consider less),
-    threshold_rampup 1.0 (fraction of
-    training over which the threshold rises from 0.75 ln K to ln K).
+    threshold_rampup 1.0 (fraction of training over which the threshold rises from 0.75 ln K to ln K).
     """
 
     name = "ua-mt"
