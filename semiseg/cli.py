@@ -197,6 +197,8 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="semiseg", description="Semi-supervised 3D medical image segmentation")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: OMP_NUM_THREADS, else the cores shared among SEMISEG_PROCESSES processes)")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check a raw dataset; lists every problem with its file")
@@ -276,6 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        from semiseg.engine.threads import apply_threads
+
+        apply_threads(args.threads)
         return int(args.func(args) or 0)
     except (ImageError, FileNotFoundError, ValueError, KeyError, PermissionError, ImportError) as e:
         print(f"semiseg {args.command}: error: {e}", file=sys.stderr)

@@ -18,7 +18,7 @@ T = TypeVar("T")
 class NetworkConfig:
     """Topology of the segmentation network; ``arch`` picks the family."""
 
-    arch: str = "unet"  # unet | vnet | light_unet
+    arch: str = "unet"  # unet (nnU-Net-style DynUNet) | res_unet (CPU tier: strided first stage) | vnet | light_unet
     features: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 320])
     kernels: list[list[int]] = field(default_factory=list)  # per stage, (z, y, x)
     strides: list[list[int]] = field(default_factory=list)  # per stage, first is [1, 1, 1]
@@ -26,7 +26,7 @@ class NetworkConfig:
     dropout: float = 0.0
     # where dropout acts: "auto" (the arch's own: every conv block for the U-Net, as DynUNet; the bottleneck
     # and before the head for V-Net and the light U-Net), "bottleneck" (SSL4MIS / UA-MT placement, any arch),
-    # "blocks" (U-Net only)
+    # "blocks" (unet and res_unet only)
     dropout_at: str = "auto"
 
 
@@ -71,6 +71,9 @@ class Plan:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 @dataclass
 class TrainConfig:
     """What one training run does. ``method_params`` holds the options of the chosen method."""
@@ -85,11 +88,20 @@ class TrainConfig:
     poly_exponent: float = 0.9
     grad_clip: float = 12.0
     seed: int = 0
-    amp: bool = True  # only takes effect on CUDA
+    amp: bool = True  # mixed precision on or off (off: fp32 everywhere)
+    # autocast dtype when amp is on: "auto" (fp16 + grad scaler on CUDA, fp32 on CPU), "bf16" (CPU or CUDA;
+    # no scaler: bf16 keeps fp32's exponent range), "fp16" (CUDA only), "fp32". Master weights stay fp32.
+    precision: str = "auto"
     augmentation: str = "teacher"  # preset name in semiseg.data.augment
     checkpoint_every: int = 250
     num_workers: int = 0
     method_params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
 
     def save(self, path: str | Path) -> None:
         from semiseg.data.io import atomic_write_text

@@ -6,13 +6,14 @@ Wired into ``semiseg/cli.py`` with ``register_cli(sub)`` on its subparsers; the 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 
 def cmd_benchmark(a: argparse.Namespace) -> int:
     from semiseg.benchmark.config import load_config
-    from semiseg.benchmark.harness import run_benchmark
+    from semiseg.benchmark.harness import JobsFailed, run_benchmark
 
     cfg = load_config(a.config)
     if a.work_dir:
@@ -20,7 +21,13 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     if a.results_dir:
         cfg.results_dir = Path(a.results_dir).resolve()
     # the command recorded with every number is this process's own command line (sys.argv)
-    run_benchmark(cfg, only=a.only, seeds=a.seeds, device=a.device, progress=not getattr(a, "quiet", False))
+    if a.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {a.jobs}")
+    try:
+        run_benchmark(cfg, only=a.only, seeds=a.seeds, device=a.device, progress=not getattr(a, "quiet", False), jobs=a.jobs)
+    except JobsFailed as e:
+        print(f"semiseg benchmark: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -39,6 +46,8 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--only", nargs="+", metavar="ENTRY", default=None, help="run only these entries (lower, upper, method names)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="replace the configured seeds for this invocation")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="pieces run side by side in child processes, each with cores / jobs torch threads (default 1)")
     p.add_argument("--work-dir", default=None, help="override the config's work_dir (run folders, predictions, pieces)")
     p.add_argument("--results-dir", default=None, help="override the config's results_dir (default benchmarks/results)")
     p.set_defaults(func=cmd_benchmark)

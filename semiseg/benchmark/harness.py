@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any, Sequence
 
 from semiseg.benchmark.config import UPPER, BenchmarkConfig, ConfigError, MethodSpec
 from semiseg.benchmark.results import aggregate, provenance
-from semiseg.benchmark.runners import runner_for
+from semiseg.benchmark.runners import SelfTrainRunner, runner_for
 from semiseg.config import ALL_AXES, Plan, TrainConfig
 from semiseg.data.io import atomic_write_json
 from semiseg.run import Run, create_run
@@ -69,10 +70,20 @@ def piece_key(cfg: BenchmarkConfig, entry: MethodSpec, seed: int, plan: Plan) ->
         "dataset": str(cfg.dataset),
         "split": cfg.upper_split() if entry.name == UPPER else cfg.split,
         "plan": _plan_key(plan),
-        "train_config": dataclasses.asdict(train_config(cfg, entry, seed)),
+        "train_config": _train_key(train_config(cfg, entry, seed)),
         "predictor": cfg.predictor,
         "score_unlabelled": cfg.score_unlabelled,
     })
+
+
+def _train_key(tc: TrainConfig) -> dict[str, Any]:
+    """The training config as keyed: ``num_workers`` never changes a batch (batches are a function of (seed,
+    step)), so it is left out; ``precision`` is left out at its default so pieces made before it existed stay valid."""
+    d = dataclasses.asdict(tc)
+    d.pop("num_workers", None)
+    if d.get("precision") == "auto":
+        d.pop("precision")
+    return d
 
 
 def _plan_key(plan: Plan) -> dict[str, Any]:
@@ -398,13 +409,84 @@ def _check_piece(path: Path, key: dict[str, Any]) -> bool:
                       "or give the benchmark another name")
 
 
+class JobsFailed(RuntimeError):
+    """Some ``--jobs`` children failed (the others' pieces are kept and in the results file)."""
+
+
+def job_groups(cfg: BenchmarkConfig, pending: Sequence[tuple[MethodSpec, int]]) -> list[tuple[list[MethodSpec], int]]:
+    """Pending pieces as independent jobs, in run order: one per engine piece, and one per seed for its
+    self-training entries, which share the seed's round-0 fold models (two jobs must never train one model)."""
+    groups: list[tuple[list[MethodSpec], int]] = []
+    shared: dict[int, list[MethodSpec]] = {}
+    for e, seed in pending:
+        if isinstance(runner_for(e.method), SelfTrainRunner):
+            if seed not in shared:
+                shared[seed] = []
+                groups.append((shared[seed], seed))
+            shared[seed].append(e)
+        else:
+            groups.append(([e], seed))
+    return groups
+
+
+def _semiseg_command() -> list[str]:
+    exe = Path(sys.executable).with_name("semiseg")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "semiseg"]
+
+
+def _run_jobs(cfg: BenchmarkConfig, layout: Layout, groups: list[tuple[list[MethodSpec], int]], jobs: int,
+              device: str | None, progress: bool) -> list[str]:
+    """Run each group as a ``semiseg benchmark --only ... --seeds S`` child, ``jobs`` at a time, each with its
+    share of the cores (semiseg.engine.threads); returns the failures (each with its log file)."""
+    import subprocess
+
+    from tqdm import tqdm
+
+    from semiseg.engine.threads import child_env
+
+    if cfg.source is None:
+        raise ConfigError(f"benchmark '{cfg.name}' was not read from a file: --jobs needs the config file for its workers")
+    for entries, seed in groups:  # preprocess once, here: two workers must not fill one cache
+        for e in entries:
+            runner_for(e.method).prepare(layout.run_for(e), train_config(cfg, e, seed), progress)
+    logs = cfg.work_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = child_env(jobs)
+    todo, running, failed = list(groups), [], []
+    bar = tqdm(total=len(groups), desc=f"{cfg.name}: jobs", disable=not progress, dynamic_ncols=True)
+    while todo or running:
+        while todo and len(running) < jobs:
+            entries, seed = todo.pop(0)
+            names = [e.name for e in entries]
+            cmd = [*_semiseg_command(), "--quiet", "benchmark", str(cfg.source), "--only", *names, "--seeds", str(seed),
+                   "--work-dir", str(cfg.work_dir), "--results-dir", str(cfg.results_dir)] + (["--device", device] if device else [])
+            log = logs / f"{'+'.join(names)}_seed{seed}.log"
+            with open(log, "w") as fh:
+                running.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), names, seed, log))
+            bar.write(f"[{cfg.name}] started {' '.join(names)} seed {seed} (log: {log})")
+        time.sleep(1.0)
+        for job in [j for j in running if j[0].poll() is not None]:
+            running.remove(job)
+            proc, names, seed, log = job
+            bar.update()
+            if proc.returncode != 0:
+                failed.append(f"{' '.join(names)} seed {seed}: exit {proc.returncode}, see {log}")
+                bar.write(f"[{cfg.name}] FAILED {' '.join(names)} seed {seed} (exit {proc.returncode}): {log}")
+            else:
+                bar.write(f"[{cfg.name}] finished {' '.join(names)} seed {seed}")
+    bar.close()
+    return failed
+
+
 def run_benchmark(cfg: BenchmarkConfig, only: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-                  device: str | None = None, progress: bool = True, command: Sequence[str] | None = None) -> Path:
+                  device: str | None = None, progress: bool = True, command: Sequence[str] | None = None,
+                  jobs: int = 1) -> Path:
     """Run what is not finished yet (seed by seed, bounds first) and write ``results_dir/<name>.json``.
 
     ``only`` restricts to some entries (``lower``, ``upper`` or method entry names); ``seeds`` replaces
     the configured seeds for this invocation. The results file is rewritten after every finished run,
-    so a half-finished benchmark already has one (``complete: false``, ``missing`` lists the rest)."""
+    so a half-finished benchmark already has one (``complete: false``, ``missing`` lists the rest).
+    ``jobs > 1`` runs independent pieces side by side in child processes, each with cores / jobs threads."""
     names = [e.name for e in cfg.entries()]
     unknown = [n for n in (only or []) if n not in names]
     if unknown:
@@ -421,6 +503,15 @@ def run_benchmark(cfg: BenchmarkConfig, only: Sequence[str] | None = None, seeds
             print(f"[{cfg.name}] skipping {e.name}: {reason}", flush=True)
             skipped.append({"entry": e.name, "method": e.method, "reason": reason})
             entries.remove(e)
+    if jobs > 1:
+        pending = [(e, seed) for seed in (list(seeds) if seeds else cfg.seeds) for e in entries
+                   if not _check_piece(layout.piece(e.name, seed), piece_key(cfg, e, seed, layout.run_for(e).plan))]
+        failed = _run_jobs(cfg, layout, job_groups(cfg, pending), jobs, device, progress)
+        out = write_results(cfg, layout, skipped, device, command)
+        print(f"[{cfg.name}] results: {out}", flush=True)
+        if failed:
+            raise JobsFailed(f"{len(failed)} benchmark job(s) failed: " + "; ".join(failed))
+        return out
     for seed in (list(seeds) if seeds else cfg.seeds):
         for e in entries:
             path = layout.piece(e.name, seed)

@@ -113,7 +113,7 @@ def train(
         method.inference_network().load_state_dict(state["weights"])
     method.to(dev)
     distributed.broadcast_state(method)  # identical start on every process (init is seeded alike anyway)
-    method.enable_amp(dev, cfg.amp)
+    method.enable_amp(dev, cfg.amp, cfg.precision)
     if info.is_main:
         atomic_write_json(out / "train_config.json", dataclasses.asdict(cfg))
         plan.save(out / "plan.json")

@@ -63,14 +63,23 @@ class Method(nn.Module):
             weight_decay=self.cfg.weight_decay,
         )
 
-    def enable_amp(self, device: torch.device, enabled: bool = True) -> None:
-        """The engine's mixed precision: fp16 autocast with a grad scaler on CUDA; elsewhere stays fp32."""
-        if device.type == "cuda" and enabled:
+    def enable_amp(self, device: torch.device, enabled: bool = True, precision: str = "auto") -> None:
+        """The engine's mixed precision (fp32 master weights either way): on CUDA fp16 autocast with a grad
+        scaler ("auto"/"fp16") or bf16 autocast; on CPU bf16 autocast when asked ("bf16", worth it where the
+        CPU has AVX512-BF16/AMX), else fp32."""
+        self.scaler, self.autocast_dtype = None, None
+        if not enabled or precision == "fp32":
+            return
+        if precision == "bf16":
+            self.autocast_dtype = torch.bfloat16
+        elif device.type == "cuda":  # auto or fp16
             self.scaler = torch.amp.GradScaler("cuda")
             self.autocast_dtype = torch.float16
+        elif precision == "fp16":
+            raise ValueError(f"precision fp16 needs CUDA (device is {device.type}); use bf16 on the CPU")
 
     def autocast(self, device: torch.device):
-        """Mixed precision where the engine enabled it (CUDA fp16), a no-op elsewhere."""
+        """Mixed precision where the engine enabled it (CUDA fp16, bf16), a no-op elsewhere."""
         if self.autocast_dtype is None:
             return torch.autocast(device_type=device.type, enabled=False)
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)

@@ -24,12 +24,16 @@ def main_output(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...
 def build_network(cfg: NetworkConfig, in_channels: int, num_classes: int, **overrides: Any) -> nn.Module:
     """Build the network named by ``cfg.arch`` (overrides replace NetworkConfig fields)."""
     cfg = dataclasses.replace(cfg, **overrides)
-    if cfg.arch != "unet" and cfg.dropout_at not in ("auto", "bottleneck"):
-        raise ValueError(f"network.dropout_at '{cfg.dropout_at}' is for arch unet only; {cfg.arch} drops at its bottleneck (auto)")
+    if cfg.arch not in ("unet", "res_unet") and cfg.dropout_at not in ("auto", "bottleneck"):
+        raise ValueError(f"network.dropout_at '{cfg.dropout_at}' is for arch unet and res_unet only; {cfg.arch} drops at its bottleneck (auto)")
     if cfg.arch == "unet":
         from semiseg.networks.unet import UNet
 
         return UNet(cfg, in_channels, num_classes)
+    if cfg.arch == "res_unet":
+        from semiseg.networks.res_unet import ResUNet
+
+        return ResUNet(cfg, in_channels, num_classes)
     if cfg.arch == "vnet":
         from semiseg.networks.vnet import VNet
 
@@ -38,4 +42,4 @@ def build_network(cfg: NetworkConfig, in_channels: int, num_classes: int, **over
         from semiseg.networks.light_unet import LightUNet
 
         return LightUNet(cfg, in_channels, num_classes)
-    raise ValueError(f"unknown network arch '{cfg.arch}' (choose unet, vnet, light_unet)")
+    raise ValueError(f"unknown network arch '{cfg.arch}' (choose unet, res_unet, vnet, light_unet)")
