@@ -5,6 +5,8 @@ runs where the data is not (the GPU machine, which gets only this repository).
     python benchmarks/step_bench.py plan benchmarks/chaos_ssl_gpu.yaml ...    # needs the dataset: writes benchmarks/plans/<name>.json
     python benchmarks/step_bench.py run --plans chaos_ssl_gpu la_ssl8_gpu --device cuda --amp on off
     python benchmarks/step_bench.py run --plans chaos_ssl_cpu la_ssl8_cpu --device cpu --threads 1
+    python benchmarks/step_bench.py run --plans la_ssl4_cpu --precision bf16 fp32                       # CPU autocast vs fp32
+    python benchmarks/step_bench.py run --plans la_ssl4_cpu --set network.arch=unet --variant dynunet  # same plan, nnU-Net-style net
 
 What is timed is ``Method.training_step`` (forward, backward, optimiser steps, EMA, feedback, ...) at the
 middle of the budget (MPL past its warm-up, DLUNet on its robust loss), after warm-up steps, with the
@@ -36,6 +38,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PLANS = ROOT / "benchmarks" / "plans"
 RESULTS = ROOT / "benchmarks" / "results"
 SELF_TRAINING = {"uncertainty", "unfiltered", "noisy-student"}  # supervised steps: timed as the 'supervised' row
+
+
+def _dtype_names() -> dict[Any, str]:
+    import torch
+
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 # -- plan files ------------------------------------------------------------------------------------
@@ -83,23 +91,28 @@ def load_plan_file(name_or_path: str) -> dict[str, Any]:
 
 
 # -- one measurement (runs in its own process) -----------------------------------------------------
-def time_entry(doc: dict[str, Any], entry: dict[str, Any], device: str, amp: bool, steps: int, warmup: int) -> dict[str, Any]:
-    """Seconds per ``training_step`` and peak memory of one entry on synthetic batches of the plan's shape."""
+def time_entry(doc: dict[str, Any], entry: dict[str, Any], device: str, amp: bool, steps: int, warmup: int,
+               precision: str | None = None, plan_set: dict[str, Any] | None = None, variant: str = "") -> dict[str, Any]:
+    """Seconds per ``training_step`` and peak memory of one entry on synthetic batches of the plan's shape.
+
+    ``precision`` replaces the budget's (None keeps it); ``plan_set`` are dotted plan overrides (e.g. the
+    nnU-Net-style network on the same plan, for a before/after row), named by ``variant``."""
     import torch
 
-    from semiseg.config import Plan, TrainConfig
+    from semiseg.config import Plan, TrainConfig, apply_overrides
     from semiseg.methods import StepContext, build_method
 
-    plan = Plan.from_dict(doc["plan"])
+    plan = apply_overrides(Plan.from_dict(doc["plan"]), plan_set or {})
     b = doc["budget"]
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in b["train"].items() if k in known}, method=entry["method"], iterations=b["iterations"],
+    train = {k: v for k, v in b["train"].items() if k in known and k != "precision"}
+    cfg = TrainConfig(**train, method=entry["method"], iterations=b["iterations"],
                       batch_size=b["batch_size"], unlabelled_batch_size=b["unlabelled_batch_size"], method_params=dict(entry["params"]),
-                      amp=amp)
+                      amp=amp, precision=precision or b["train"].get("precision", "auto"))
     dev = torch.device(device)
     torch.manual_seed(0)
     method = build_method(plan, cfg).to(dev)
-    method.enable_amp(dev, cfg.amp)
+    method.enable_amp(dev, cfg.amp, cfg.precision)
     method.train()
     kept = method.inference_network()
     before = [p.detach().clone() for p in kept.parameters()]
@@ -136,8 +149,10 @@ def time_entry(doc: dict[str, Any], entry: dict[str, Any], device: str, amp: boo
     changed = any(not torch.equal(a, p.detach()) for a, p in zip(before, kept.parameters()))
     times.sort()
     return {
-        "benchmark": doc["benchmark"], "entry": entry["name"], "method": entry["method"], "params": entry["params"],
-        "device": device, "amp": bool(amp and dev.type == "cuda"), "steps": steps, "warmup": warmup,
+        "benchmark": doc["benchmark"], "variant": variant, "plan_set": plan_set or {},
+        "entry": entry["name"], "method": entry["method"], "params": entry["params"],
+        "device": device, "amp": method.autocast_dtype is not None, "precision": _dtype_names().get(method.autocast_dtype, "fp32"),
+        "steps": steps, "warmup": warmup,
         "patch_size": plan.patch_size, "features": plan.network.features, "arch": plan.network.arch,
         "batch_size": cfg.batch_size, "unlabelled_batch_size": cfg.unlabelled_batch_size if method.needs_unlabelled else 0,
         "parameters": sum(p.numel() for p in kept.parameters()),
@@ -157,36 +172,40 @@ def _worker(args: argparse.Namespace) -> int:
     entry = next((e for e in doc["entries"] if e["name"] == args.entry), None)
     if entry is None:
         raise SystemExit(f"{args.plan}: no entry '{args.entry}' (have {', '.join(e['name'] for e in doc['entries'])})")
-    row = time_entry(doc, entry, args.device, args.amp == "on", args.steps, args.warmup)
+    row = time_entry(doc, entry, args.device, args.amp == "on", args.steps, args.warmup,
+                     None if args.precision == "plan" else args.precision, json.loads(args.plan_set), args.variant)
     print("STEP_BENCH_ROW " + json.dumps(row), flush=True)
     return 0
 
 
 # -- the whole run ---------------------------------------------------------------------------------
 def run_all(plans: Sequence[str], device: str, amps: Sequence[str], steps: int, warmup: int, threads: int,
-            entries: Sequence[str] | None, out: Path, command: str, commit: str | None = None) -> Path:
+            entries: Sequence[str] | None, out: Path, command: str, commit: str | None = None,
+            precisions: Sequence[str] = ("plan",), plan_set: dict[str, Any] | None = None, variant: str = "") -> Path:
     from tqdm import tqdm
 
     from semiseg.benchmark.results import git_commit, machine_info
 
-    jobs = [(p, e["name"], a) for p in plans for e in load_plan_file(p)["entries"] if not entries or e["name"] in entries
-            for a in (amps if device.startswith("cuda") else ["off"])]
+    jobs = [(p, e["name"], a, pr) for p in plans for e in load_plan_file(p)["entries"] if not entries or e["name"] in entries
+            for a in amps for pr in precisions]
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"step_bench_{device.split(':')[0]}"
     old = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").is_file() else {}
     new_rows, failures = [], []
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    for plan, entry, amp in tqdm(jobs, desc="step bench", dynamic_ncols=True):
+    for plan, entry, amp, prec in tqdm(jobs, desc="step bench", dynamic_ncols=True):
         cmd = [sys.executable, str(Path(__file__).resolve()), "_one", "--plan", plan, "--entry", entry, "--device", device,
-               "--amp", amp, "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads)]
+               "--amp", amp, "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads),
+               "--precision", prec, "--plan-set", json.dumps(plan_set or {}), "--variant", variant]
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         line = next((x for x in res.stdout.splitlines() if x.startswith("STEP_BENCH_ROW ")), None)
         if res.returncode != 0 or line is None:
-            failures.append({"benchmark": Path(plan).stem, "entry": entry, "amp": amp, "error": (res.stderr or res.stdout)[-2000:]})
+            failures.append({"benchmark": Path(plan).stem, "variant": variant, "entry": entry, "amp": amp, "precision": prec,
+                             "error": (res.stderr or res.stdout)[-2000:]})
             tqdm.write(f"step bench: {plan} {entry} amp={amp} failed:\n{(res.stderr or res.stdout)[-1500:]}")
             continue
         new_rows.append(json.loads(line[len("STEP_BENCH_ROW "):]))
-    key = lambda r: (r["benchmark"], r["entry"], r.get("amp", False))  # noqa: E731
+    key = lambda r: (r["benchmark"], r.get("variant", ""), r["entry"], r.get("amp", False), r.get("precision", "fp32"))  # noqa: E731
     replaced = {key(r) for r in new_rows}
     rows = [r for r in old.get("rows", []) if key(r) not in replaced] + new_rows
     doc = {"what": "seconds per training step and peak memory per method (benchmarks/step_bench.py)",
@@ -203,18 +222,20 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = ["# Seconds per training step, per method", "",
              "Generated by `benchmarks/step_bench.py` (see its docstring for what is timed); synthetic batches of each",
              "benchmark's plan shape, median over the timed steps. Self-training methods step as `supervised`.", ""]
-    for bench in sorted({r["benchmark"] for r in doc["rows"]}):
-        rows = [r for r in doc["rows"] if r["benchmark"] == bench]
+    for bench, variant in sorted({(r["benchmark"], r.get("variant", "")) for r in doc["rows"]}):
+        rows = [r for r in doc["rows"] if r["benchmark"] == bench and r.get("variant", "") == variant]
         r0 = rows[0]
-        lines += [f"## {bench}", "",
+        title = f"{bench}, {variant} (plan with {json.dumps(r0.get('plan_set', {}))})" if variant else bench
+        lines += [f"## {title}", "",
                   f"{r0['arch']} {r0['features']}, patch {r0['patch_size']} (z, y, x), batch {r0['batch_size']}; device {r0['device']}.", "",
-                  "| entry | AMP | s/step (median) | s/step (min) | relative to supervised | peak RSS (MB) | CUDA peak (MB) | parameters kept | ok |",
+                  "| entry | precision | s/step (median) | s/step (min) | relative to supervised (same precision) | peak RSS (MB) | CUDA peak (MB) | parameters kept | ok |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for r in rows:
-            sup = next((s for s in rows if s["entry"] == "supervised" and s["amp"] == r["amp"] and s["device"] == r["device"]), None)
+            sup = next((s for s in rows if s["entry"] == "supervised" and s.get("precision", "fp32") == r.get("precision", "fp32")
+                        and s["device"] == r["device"]), None)
             rel = f"{r['s_per_step_median'] / sup['s_per_step_median']:.2f}" if sup else "n/a"
             cuda = "n/a" if r["cuda_peak_allocated_mb"] is None else f"{r['cuda_peak_allocated_mb']:.0f}"
-            lines.append(f"| {r['entry']} | {'on' if r['amp'] else 'off'} | {r['s_per_step_median']:.3f} | {r['s_per_step_min']:.3f} | {rel} | "
+            lines.append(f"| {r['entry']} | {r.get('precision', 'fp16' if r['amp'] else 'fp32')} | {r['s_per_step_median']:.3f} | {r['s_per_step_min']:.3f} | {rel} | "
                          f"{r['peak_rss_mb']:.0f} | {cuda} | {r['parameters']:,} | {'yes' if r['ok'] else 'NO'} |")
         lines.append("")
     if doc.get("failures"):
@@ -243,7 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     r = sub.add_parser("run", help="time every entry of the named plan files")
     r.add_argument("--plans", nargs="+", required=True, help="plan names in benchmarks/plans/ or paths")
     r.add_argument("--device", default="cpu")
-    r.add_argument("--amp", nargs="+", choices=["on", "off"], default=["on"], help="CUDA only; CPU always runs fp32")
+    r.add_argument("--amp", nargs="+", choices=["on", "off"], default=["on"], help="mixed precision on/off (off: fp32)")
+    r.add_argument("--precision", nargs="+", choices=["plan", "auto", "fp32", "bf16", "fp16"], default=["plan"],
+                   help="autocast dtype when AMP is on (plan: the budget's; auto: fp16 on CUDA, fp32 on CPU)")
+    r.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="plan overrides for a variant row, e.g. network.arch=unet")
+    r.add_argument("--variant", default="", help="name of the --set variant (required with --set)")
     r.add_argument("--steps", type=int, default=10)
     r.add_argument("--warmup", type=int, default=3)
     r.add_argument("--threads", type=int, default=1)
@@ -252,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--commit", help="git commit to record where the checkout has no .git (the device machine)")
     o = sub.add_parser("_one")  # internal: one measurement in a fresh process
     for name, kw in (("--plan", {}), ("--entry", {}), ("--device", {}), ("--amp", {}), ("--steps", {"type": int}),
-                     ("--warmup", {"type": int}), ("--threads", {"type": int})):
+                     ("--warmup", {"type": int}), ("--threads", {"type": int}), ("--precision", {}), ("--plan-set", {}), ("--variant", {})):
         o.add_argument(name, required=True, **kw)
     a = ap.parse_args(argv)
     if a.cmd == "plan":
@@ -264,7 +289,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.steps < 1 or a.warmup < 0:
         ap.error("--steps must be >= 1 and --warmup >= 0")
     command = "python benchmarks/step_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    path = run_all(a.plans, a.device, a.amp, a.steps, a.warmup, a.threads, a.entries, Path(a.out), command, a.commit)
+    if bool(a.set) != bool(a.variant):
+        ap.error("--set and --variant go together: a variant row needs its name and its overrides")
+    plan_set = {}
+    for pair in a.set:
+        k, sep, v = pair.partition("=")
+        if not sep:
+            ap.error(f"--set expects KEY=VALUE, got '{pair}'")
+        try:
+            plan_set[k] = json.loads(v)
+        except json.JSONDecodeError:
+            plan_set[k] = v
+    path = run_all(a.plans, a.device, a.amp, a.steps, a.warmup, a.threads, a.entries, Path(a.out), command, a.commit,
+                   a.precision, plan_set, a.variant)
     print(path)
     doc = json.loads(path.read_text())
     return 1 if doc["failures"] or not all(r["ok"] for r in doc["rows"]) else 0

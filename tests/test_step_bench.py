@@ -61,7 +61,7 @@ def test_run_all_writes_rows_and_keeps_rows_of_other_entries(sb, tmp_path):
     assert sorted(r["entry"] for r in doc["rows"]) == ["mpl", "supervised"]
     assert [r["command"] for r in doc["runs"]] == ["first", "second"]
     md = (out / "step_bench_cpu.md").read_text()
-    assert "| mpl | off |" in md and "`second`" in md
+    assert "| mpl | fp32 |" in md and "`second`" in md
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # written atomically, no temporaries left
 
 
@@ -98,3 +98,18 @@ def test_committed_plan_files_match_their_configs(sb):
         assert doc["budget"]["train"] == cfg.budget.train
         engine = [e.name for e in cfg.methods if e.method not in sb.SELF_TRAINING]
         assert [e["name"] for e in doc["entries"]] == ["supervised", *engine]
+
+
+def test_precision_and_plan_variants_are_rows_of_their_own(sb, tmp_path):
+    """bf16 autocast is timed on the CPU as asked, and a --set variant (another network on the same plan) is
+    recorded under its name with its overrides, beside the plain rows instead of replacing them."""
+    plan = tmp_path / "tiny.json"
+    plan.write_text(json.dumps(tiny_doc()))
+    path = sb.run_all([str(plan)], "cpu", ["on"], 1, 0, 1, ["supervised"], tmp_path, "c", precisions=["bf16", "fp32"])
+    sb.run_all([str(plan)], "cpu", ["on"], 1, 0, 1, ["supervised"], tmp_path, "c", precisions=["fp32"],
+               plan_set={"network.arch": "res_unet"}, variant="res")
+    rows = json.loads(path.read_text())["rows"]
+    got = sorted((r["variant"], r["precision"], r["arch"]) for r in rows)
+    assert got == [("", "bf16", "unet"), ("", "fp32", "unet"), ("res", "fp32", "res_unet")]
+    assert all(r["ok"] for r in rows)
+    assert "## tiny, res" in (tmp_path / "step_bench_cpu.md").read_text()
