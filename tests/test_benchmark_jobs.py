@@ -1,0 +1,57 @@
+"""``semiseg benchmark --jobs N``: pieces side by side in child processes with cores / N threads each,
+self-training entries of one seed kept in one job (they share fold models), results as with one job."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from semiseg.benchmark.config import MethodSpec, load_config
+from semiseg.benchmark.harness import job_groups, run_benchmark
+from synthetic_data import make_dataset, tiny_overrides
+
+
+def test_self_training_entries_of_a_seed_share_one_job():
+    sup, mt = MethodSpec("lower", "supervised"), MethodSpec("mean-teacher", "mean-teacher")
+    unc, unf = MethodSpec("uncertainty", "uncertainty"), MethodSpec("unfiltered", "unfiltered")
+    pending = [(sup, 0), (mt, 0), (unc, 0), (unf, 0), (unc, 1), (sup, 1)]
+    groups = [([e.name for e in es], s) for es, s in job_groups(None, pending)]
+    assert groups == [(["lower"], 0), (["mean-teacher"], 0), (["uncertainty", "unfiltered"], 0), (["uncertainty"], 1), (["lower"], 1)]
+
+
+def test_jobs_run_pieces_side_by_side_into_one_results_file(tmp_path):
+    data = make_dataset(tmp_path / "raw", ["l0", "l1", "l2"], ["u0"], ["t0"], shape=(8, 36, 36))
+    raw = {"name": "tiny_jobs", "dataset": str(data),
+           "split": {"labelled": ["l0", "l1"], "unlabelled": ["l2", "u0"], "test": ["t0"]},
+           "plan": {"overrides": tiny_overrides([8, 32, 32])},
+           "budget": {"iterations": 2, "batch_size": 2, "unlabelled_batch_size": 2, "train": {"checkpoint_every": 2}},
+           "methods": ["mean-teacher"], "seeds": [0], "predictor": {"device": "cpu"},
+           "work_dir": str(tmp_path / "work"), "results_dir": str(tmp_path / "results")}
+    cfg_file = tmp_path / "tiny_jobs.yaml"
+    cfg_file.write_text(yaml.safe_dump(raw))
+    out = run_benchmark(load_config(cfg_file), device="cpu", progress=False, jobs=2, only=["lower", "upper"])
+    doc = json.loads(out.read_text())
+    assert sorted(r["entry"] for r in doc["runs"]) == ["lower", "upper"]
+    logs = sorted(p.name for p in (tmp_path / "work" / "logs").iterdir())
+    assert logs == ["lower_seed0.log", "upper_seed0.log"]
+    for r in doc["runs"]:  # each child had its share of the cores, recorded with its numbers
+        m = r["machine"]
+        assert m["torch_threads"] == max(1, (m["cpu_affinity"] or m["cpu_count"]) // 2)
+        assert "--only" in r["command"] and "--seeds 0" in r["command"]
+    again = run_benchmark(load_config(cfg_file), device="cpu", progress=False, jobs=2, only=["lower", "upper"])
+    assert json.loads(again.read_text())["runs"] == doc["runs"]  # finished pieces are not run again
+
+
+def test_a_failing_job_is_reported_with_its_log(tmp_path, monkeypatch):
+    from semiseg.benchmark import harness
+
+    data = make_dataset(tmp_path / "raw", ["l0", "l1"], [], ["t0"], shape=(8, 36, 36))
+    raw = {"name": "tiny_fail", "dataset": str(data), "split": {"labelled": ["l0"], "unlabelled": ["l1"], "test": ["t0"]},
+           "plan": {"overrides": tiny_overrides([8, 32, 32])}, "budget": {"iterations": 2}, "methods": [], "seeds": [0],
+           "work_dir": str(tmp_path / "work"), "results_dir": str(tmp_path / "results")}
+    cfg_file = tmp_path / "tiny_fail.yaml"
+    cfg_file.write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(harness, "_semiseg_command", lambda: ["false"])
+    with pytest.raises(harness.JobsFailed, match=r"lower seed 0: exit 1, see .*lower_seed0\.log"):
+        run_benchmark(load_config(cfg_file), device="cpu", progress=False, jobs=2, only=["lower"])
