@@ -1,5 +1,6 @@
-"""``semiseg benchmark --jobs N``: pieces side by side in child processes with cores / N threads each,
-self-training entries of one seed kept in one job (they share fold models), results as with one job."""
+"""``semiseg benchmark --jobs N`` and ``--iterations N``: pieces side by side in child processes with cores / N threads each,
+self-training entries of one seed kept in one job (they share fold models); the same benchmark at another
+step count as a benchmark of its own, read back by the convergence table."""
 from __future__ import annotations
 
 import json
@@ -55,3 +56,26 @@ def test_a_failing_job_is_reported_with_its_log(tmp_path, monkeypatch):
     monkeypatch.setattr(harness, "_semiseg_command", lambda: ["false"])
     with pytest.raises(harness.JobsFailed, match=r"lower seed 0: exit 1, see .*lower_seed0\.log"):
         run_benchmark(load_config(cfg_file), device="cpu", progress=False, jobs=2, only=["lower"])
+
+
+def test_iterations_makes_a_benchmark_of_its_own_and_the_convergence_table_reads_both(tmp_path):
+    from semiseg.benchmark.config import ConfigError
+    from semiseg.benchmark.convergence import convergence_rows, markdown, step_files
+
+    data = make_dataset(tmp_path / "raw", ["l0", "l1"], [], ["t0"], shape=(8, 36, 36))
+    raw = {"name": "tiny_conv", "dataset": str(data), "split": {"labelled": ["l0"], "unlabelled": ["l1"], "test": ["t0"]},
+           "plan": {"overrides": tiny_overrides([8, 32, 32])}, "budget": {"iterations": 2}, "methods": [], "seeds": [0],
+           "predictor": {"device": "cpu"}, "work_dir": str(tmp_path / "work"), "results_dir": str(tmp_path / "results")}
+    cfg_file = tmp_path / "tiny_conv.yaml"
+    cfg_file.write_text(yaml.safe_dump(raw))
+    main = run_benchmark(load_config(cfg_file), device="cpu", progress=False, only=["lower"])
+    longer = load_config(cfg_file, iterations=4)
+    assert longer.name == "tiny_conv_steps4" and longer.budget.iterations == 4 and longer.work_dir.name == "work_steps4"
+    run_benchmark(longer, device="cpu", progress=False, only=["lower"])
+    assert [p.name for p in step_files(main)] == ["tiny_conv.json", "tiny_conv_steps4.json"]
+    rows = convergence_rows(step_files(main))
+    assert [(r["entry"], r["steps"], r["seed"]) for r in rows] == [("lower", 2, 0), ("lower", 4, 0)]
+    assert all(r["dice"] is not None and r["final_loss"] is not None for r in rows)
+    assert "| lower | 4 | 0 |" in markdown(rows, "tiny_conv")
+    with pytest.raises(ConfigError, match="--iterations must be a positive integer"):
+        load_config(cfg_file, iterations=0)

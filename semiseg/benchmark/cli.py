@@ -15,7 +15,7 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     from semiseg.benchmark.config import load_config
     from semiseg.benchmark.harness import JobsFailed, run_benchmark
 
-    cfg = load_config(a.config)
+    cfg = load_config(a.config, iterations=a.iterations)
     if a.work_dir:
         cfg.work_dir = Path(a.work_dir).resolve()
     if a.results_dir:
@@ -46,6 +46,9 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--only", nargs="+", metavar="ENTRY", default=None, help="run only these entries (lower, upper, method names)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="replace the configured seeds for this invocation")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="the same benchmark at another step count, as '<name>_steps<N>' (its own work folder and results file): "
+                        "for the steps-vs-Dice convergence table")
     p.add_argument("--jobs", type=int, default=1,
                    help="pieces run side by side in child processes, each with cores / jobs torch threads (default 1)")
     p.add_argument("--work-dir", default=None, help="override the config's work_dir (run folders, predictions, pieces)")

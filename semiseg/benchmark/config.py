@@ -35,7 +35,8 @@ ROLES = {LOWER: "lower bound", UPPER: "upper bound"}
 _BUDGET_OWNED = {"method", "iterations", "batch_size", "unlabelled_batch_size", "seed", "method_params"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _TOP_KEYS = {"name", "description", "tier", "dataset", "data_root", "split", "plan", "budget", "methods", "seeds",
-             "predictor", "score_unlabelled", "work_dir", "results_dir", "postprocess"}
+             "predictor", "score_unlabelled", "work_dir", "results_dir", "postprocess",
+             "steps_of"}  # steps_of: written by with_iterations (the benchmark this one re-runs at another step count)
 
 
 def repo_root() -> Path:
@@ -103,6 +104,7 @@ class BenchmarkConfig:
     description: str = ""
     source: Path | None = None  # the file it was read from
     raw: dict[str, Any] = field(default_factory=dict)  # the file's content, kept in the results
+    steps_override: int | None = None  # made by ``load_config(..., iterations=N)`` from the file's budget
 
     def entries(self) -> list[MethodSpec]:
         """Lower bound, upper bound, then the methods: the order of runs and of every table."""
@@ -294,11 +296,31 @@ def config_from_dict(raw: Mapping[str, Any], source: Path | None = None) -> Benc
     )
 
 
-def load_config(path: str | Path) -> BenchmarkConfig:
-    """Read a benchmark YAML/JSON file (see the module docstring)."""
+def with_iterations(raw: Mapping[str, Any], iterations: int, where: str) -> dict[str, Any]:
+    """The same benchmark at another step count, as a benchmark of its own (``<name>_steps<N>``: its own work
+    folder and results file), for the steps-vs-Dice table that shows whether a budget has converged."""
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ConfigError(f"{where}: --iterations must be a positive integer, got {iterations}")
+    if not isinstance(raw.get("budget"), Mapping) or not isinstance(raw.get("name"), str):
+        raise ConfigError(f"{where}: --iterations needs the config's name and budget")
+    out = {**raw, "name": f"{raw['name']}_steps{iterations}", "budget": {**raw["budget"], "iterations": iterations},
+           "steps_of": {"name": raw["name"], "iterations": raw["budget"].get("iterations")}}
+    if "work_dir" in raw:
+        out["work_dir"] = f"{raw['work_dir']}_steps{iterations}"
+    return out
+
+
+def load_config(path: str | Path, iterations: int | None = None) -> BenchmarkConfig:
+    """Read a benchmark YAML/JSON file (see the module docstring); ``iterations`` derives the same
+    benchmark at another step count (:func:`with_iterations`)."""
     from semiseg.cli import _read_data_file
 
     p = Path(path).resolve()
     if not p.is_file():
         raise ConfigError(f"{p}: benchmark config not found")
-    return config_from_dict(_read_data_file(p), p)
+    raw = _read_data_file(p)
+    if iterations is not None:
+        raw = with_iterations(raw, iterations, str(p))
+    cfg = config_from_dict(raw, p)
+    cfg.steps_override = iterations
+    return cfg

@@ -459,7 +459,8 @@ def _run_jobs(cfg: BenchmarkConfig, layout: Layout, groups: list[tuple[list[Meth
             entries, seed = todo.pop(0)
             names = [e.name for e in entries]
             cmd = [*_semiseg_command(), "--quiet", "benchmark", str(cfg.source), "--only", *names, "--seeds", str(seed),
-                   "--work-dir", str(cfg.work_dir), "--results-dir", str(cfg.results_dir)] + (["--device", device] if device else [])
+                   "--work-dir", str(cfg.work_dir), "--results-dir", str(cfg.results_dir)] + (["--device", device] if device else []) \
+                + (["--iterations", str(cfg.steps_override)] if cfg.steps_override else [])
             log = logs / f"{'+'.join(names)}_seed{seed}.log"
             with open(log, "w") as fh:
                 running.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), names, seed, log))
