@@ -79,3 +79,27 @@ def test_iterations_makes_a_benchmark_of_its_own_and_the_convergence_table_reads
     assert "| lower | 4 | 0 |" in markdown(rows, "tiny_conv")
     with pytest.raises(ConfigError, match="--iterations must be a positive integer"):
         load_config(cfg_file, iterations=0)
+
+
+def test_a_config_extends_another_field_by_field(tmp_path):
+    from semiseg.benchmark.config import ConfigError
+
+    data = make_dataset(tmp_path / "raw", ["l0", "l1", "l2"], [], ["t0"], shape=(8, 36, 36))
+    base = {"name": "base", "dataset": str(data), "split": {"labelled": ["l0"], "unlabelled": ["l1", "l2"], "test": ["t0"]},
+            "plan": {"overrides": tiny_overrides([8, 32, 32])}, "budget": {"iterations": 7, "train": {"precision": "bf16"}},
+            "methods": ["mean-teacher"], "seeds": [0, 1]}
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "base.yaml").write_text(yaml.safe_dump(base))
+    child = tmp_path / "cfgs" / "child.yaml"
+    child.write_text(yaml.safe_dump({"extends": "base.yaml", "name": "child",
+                                     "split": {"labelled": ["l0", "l1"], "unlabelled": ["l2"], "test": ["t0"]}}))
+    cfg = load_config(child)
+    assert cfg.name == "child" and cfg.split["labelled"] == ["l0", "l1"]  # replaced whole
+    assert cfg.budget.iterations == 7 and cfg.budget.train == {"precision": "bf16"} and cfg.seeds == [0, 1]  # inherited
+    assert [m.name for m in cfg.methods] == ["mean-teacher"] and cfg.raw["extends"] == "base.yaml"
+    (tmp_path / "cfgs" / "base.yaml").write_text(yaml.safe_dump({**base, "extends": "child.yaml"}))
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(child)
+    child.write_text(yaml.safe_dump({"extends": "nope.yaml", "name": "child"}))
+    with pytest.raises(ConfigError, match=r"extends nope\.yaml: .*nope\.yaml not found"):
+        load_config(child)

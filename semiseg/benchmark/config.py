@@ -16,6 +16,10 @@ preprocessing, number of optimiser steps and seed set (BENCHMARK.md's rules). Ex
     predictor: {step: 0.5}
     postprocess: [{step: largest_component}]   # optional: also score each run after these steps
 
+A file may start from another with ``extends: other.yaml`` (relative to its own folder): the other's
+top-level fields, each replaced whole by the fields this file gives (another regime at the same budget is
+a name, a description and a split).
+
 The supervised lower bound (``lower``: labelled cases of the regime) and upper bound (``upper``: the
 regime's labelled and unlabelled cases, all with labels) are always part of the comparison.
 """
@@ -36,7 +40,7 @@ _BUDGET_OWNED = {"method", "iterations", "batch_size", "unlabelled_batch_size", 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _TOP_KEYS = {"name", "description", "tier", "dataset", "data_root", "split", "plan", "budget", "methods", "seeds",
              "predictor", "score_unlabelled", "work_dir", "results_dir", "postprocess",
-             "steps_of"}  # steps_of: written by with_iterations (the benchmark this one re-runs at another step count)
+             "steps_of", "extends"}  # steps_of: written by with_iterations (the benchmark this one re-runs at another step count)
 
 
 def repo_root() -> Path:
@@ -310,6 +314,25 @@ def with_iterations(raw: Mapping[str, Any], iterations: int, where: str) -> dict
     return out
 
 
+def _extended(path: Path, raw: Any, chain: list[Path]) -> Any:
+    """``raw`` over the file it ``extends`` (top-level fields replaced whole), recursively, refusing cycles."""
+    from semiseg.cli import _read_data_file
+
+    if not isinstance(raw, Mapping) or "extends" not in raw:
+        return raw
+    base_path = (path.parent / str(raw["extends"])).resolve()
+    if base_path in chain:
+        raise ConfigError(f"{path}: extends {raw['extends']}: a cycle ({' -> '.join(p.name for p in [*chain, base_path])})")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: extends {raw['extends']}: {base_path} not found")
+    base = _extended(base_path, _read_data_file(base_path), [*chain, base_path])
+    if not isinstance(base, Mapping):
+        raise ConfigError(f"{base_path}: expected a mapping of benchmark fields (extended by {path})")
+    out = {**{k: v for k, v in base.items() if k != "extends"}, **raw}
+    out["extends"] = str(raw["extends"])
+    return out
+
+
 def load_config(path: str | Path, iterations: int | None = None) -> BenchmarkConfig:
     """Read a benchmark YAML/JSON file (see the module docstring); ``iterations`` derives the same
     benchmark at another step count (:func:`with_iterations`)."""
@@ -318,7 +341,7 @@ def load_config(path: str | Path, iterations: int | None = None) -> BenchmarkCon
     p = Path(path).resolve()
     if not p.is_file():
         raise ConfigError(f"{p}: benchmark config not found")
-    raw = _read_data_file(p)
+    raw = _extended(p, _read_data_file(p), [p])
     if iterations is not None:
         raw = with_iterations(raw, iterations, str(p))
     cfg = config_from_dict(raw, p)
