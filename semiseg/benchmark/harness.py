@@ -193,7 +193,9 @@ def downsample_history(history: list[dict[str, float]], points: int = CURVE_POIN
 
     if not history:
         return {}
-    keys = [k for k in history[0] if k != "step"]
+    from semiseg.engine.trainer import history_keys
+
+    keys = history_keys(history)
     bins = np.array_split(np.arange(len(history)), min(points, len(history)))
     out: dict[str, list[float | None]] = {"step": [float(np.mean([history[i]["step"] for i in b])) for b in bins]}
     for k in keys:

@@ -181,6 +181,12 @@ def _inference_net_cfg(plan: Plan, method: Method):
     return dataclasses.replace(plan.network, **overrides)
 
 
+def history_keys(history: list[dict[str, float]]) -> list[str]:
+    """Every logged scalar, in order of first appearance: keys of a later phase (MPL's h after its warm-up) or
+    of a periodic diagnostic are absent from the first rows."""
+    return list(dict.fromkeys(k for h in history for k in h if k != "step"))
+
+
 def plot_curve(history: list[dict[str, float]], path: Path) -> None:
     """Training curve PNG: each logged scalar, smoothed over an epoch."""
     import matplotlib
@@ -191,17 +197,28 @@ def plot_curve(history: list[dict[str, float]], path: Path) -> None:
 
     if not history:
         return
-    keys = [k for k in history[0] if k != "step"]
+    keys = history_keys(history)
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = np.array([h["step"] for h in history])
     w = max(1, min(EPOCH_LENGTH, len(history) // 10))
+    sparse_ax = None
     for k in keys:
         v = np.array([h.get(k, np.nan) for h in history], float)
-        sm = np.convolve(v, np.ones(w) / w, mode="valid")
+        seen = np.isfinite(v)
+        if seen.mean() < 0.5:  # logged on some steps only (a diagnostic, a phase of the run): its points, own axis
+            sparse_ax = sparse_ax or ax.twinx()
+            sparse_ax.plot(steps[seen], v[seen], ".", ms=3, label=k)
+            continue
+        sm = np.convolve(np.where(seen, v, 0.0), np.ones(w), mode="valid") / np.maximum(np.convolve(seen, np.ones(w), mode="valid"), 1)
         ax.plot(steps[w - 1 :], sm, label=k)
     ax.set_xlabel("step")
     ax.set_title(f"training curve (moving average over {w} steps)")
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    if sparse_ax is not None:
+        sparse_ax.set_yscale("symlog", linthresh=1e-3)
+        h2, l2 = sparse_ax.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + [f"{x} (right axis)" for x in l2]
+    ax.legend(handles, labels, fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")

@@ -32,6 +32,7 @@ class StepContext:
         return self.step / max(1, self.total_steps)
 
 
+DIAGNOSTIC_EVERY = 50  # steps between gradient-share measurements (Method.gradient_share)
 NetFactory = Callable[..., nn.Module]  # keyword overrides of NetworkConfig fields -> network
 
 
@@ -107,6 +108,22 @@ class Method(nn.Module):
                 o.step()
         if self.scaler is not None:
             self.scaler.update()
+
+    def gradient_share(self, sup: torch.Tensor, unsup: torch.Tensor, module: nn.Module, ctx: StepContext,
+                       name: str = "grad_share") -> dict[str, float]:
+        """Every ``DIAGNOSTIC_EVERY`` steps, ||grad of the (weighted) unsupervised term|| / ||grad of the supervised
+        term|| over ``module``'s parameters, so an inert (~0) or runaway (>> 1) unlabelled term shows in the log
+        and curves. Costs two extra backward passes on those steps; changes no gradient the step applies."""
+        if ctx.step % DIAGNOSTIC_EVERY or not unsup.requires_grad or not sup.requires_grad:
+            return {}
+        params = [q for q in module.parameters() if q.requires_grad]
+
+        def norm(loss: torch.Tensor) -> float:
+            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+
+        s = norm(sup)
+        return {name: norm(unsup) / s if s > 0 else float("inf")}
 
     # -- the contract -------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:

@@ -145,11 +145,12 @@ class CPS(Method):
         """Shared by CPS and DLUNet: weight the cross terms (ramp-up x ALW), step both nets, log."""
         w, factor = self.cps_weight(ctx), self.unlabelled_factor()
         loss = sup + w * (cps_l + factor * cps_u)
+        diag = self.gradient_share(sup, w * (cps_l + factor * cps_u), self.net1, ctx)
         self.optimize(loss, "net1", "net2")
         dice = 0.5 * (supervised_dice(l1, label) + supervised_dice(l2, label))
         self.alw.observe(dice)
         return {"loss": float(loss.detach()), "sup": float(sup.detach()), "cps_u": float(cps_u.detach()),
-                "cps_w": w, "alw": factor, "sup_dice": dice}
+                "cps_w": w, "alw": factor, "sup_dice": dice, **diag}
 
     def on_epoch_end(self, ctx: StepContext) -> None:
         self.alw.end_epoch()

@@ -151,9 +151,10 @@ class MeanTeacher(Method):
         cons, info = self.consistency_loss(x, main_output(out), ctx)
         w = self.consistency_weight(ctx)
         loss = sup + w * cons
+        diag = self.gradient_share(sup, w * cons, self.student, ctx)
         self.optimize(loss, "student")
         ema_update(self.teacher, self.student, self.params["ema_decay"], ctx.step)
-        return {"loss": float(loss.detach()), "sup": float(sup.detach()), "cons": float(cons.detach()), "cons_w": w, **info}
+        return {"loss": float(loss.detach()), "sup": float(sup.detach()), "cons": float(cons.detach()), "cons_w": w, **info, **diag}
 
     def inference_network(self) -> nn.Module:
         return self.student if self.params["inference"] == "student" else self.teacher

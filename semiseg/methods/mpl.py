@@ -124,9 +124,10 @@ class MetaPseudoLabels(Method):
         t_sup = dice_ce(t_l, label)
         t_mpl = mpl_teacher_loss(t_u_logits, h, p["mpl_loss"])
         t_loss = p["sup_weight"] * t_sup + p["mpl_weight"] * t_mpl
+        diag = self.gradient_share(p["sup_weight"] * t_sup, p["mpl_weight"] * t_mpl, self.teacher, ctx)  # feedback vs labels
         self.optimize(t_loss, "teacher")
         out = {"loss": float(s_loss.detach()), "teacher_loss": float(t_loss.detach()), "teacher_sup": float(t_sup.detach()),
-               "h": h, "student_old": old, "student_new": new}
+               "h": h, "student_old": old, "student_new": new, **diag}
         if p["student_sup_weight"] > 0:  # 4. optional labelled step of the student, after the feedback was measured
             with self.autocast(ctx.device):
                 s_sup = dice_ce(self.student(image), label)
