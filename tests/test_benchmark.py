@@ -299,6 +299,112 @@ def test_readme_table_leaves_out_other_json(bench, tmp_path):
     assert update_readme(readme, results_dir) and "tiny" in readme.read_text() and "other_tool" not in readme.read_text()
 
 
+# -- paired comparison, portable paths, reports from a fresh clone ------------------------------------
+def test_entries_are_paired_with_the_lower_bound_case_by_case(bench):
+    from semiseg.benchmark.paired import format_diff
+    from semiseg.benchmark.readme_table import table_for
+
+    doc = json.loads(bench["results"].read_text())
+    entries = doc["entries"]
+    assert "paired_vs_lower" not in entries["lower"]
+    mt = entries["mean-teacher"]["paired_vs_lower"]
+    lo, me = entries["lower"]["per_seed"]["0"]["per_case_dice"], entries["mean-teacher"]["per_seed"]["0"]["per_case_dice"]
+    diffs = [me[c] - lo[c] for c in TEST if me[c] is not None and lo[c] is not None]
+    assert mt["n"] == len(diffs) == len(TEST) and mt["mean_diff"] == pytest.approx(np.mean(diffs))
+    assert doc["supervised_gap"]["paired"] == entries["upper"]["paired_vs_lower"]  # is the supervised gap real?
+    lines = table_for(doc, "x.json").splitlines()
+    head = next(line for line in lines if line.startswith("| method |")).split(" | ")
+    row = next(line for line in lines if line.startswith("| mean-teacher |")).split(" | ")
+    assert row[head.index("Δ Dice vs lower [95% CI]")].strip("*") == format_diff(mt) and "p (Wilcoxon)" in head
+    assert next(line for line in lines if line.startswith("| lower bound")).split(" | ")[head.index("p (Wilcoxon)")] == "—"
+
+
+def test_results_written_before_the_paired_comparison_get_it_on_reading(bench, tmp_path):
+    from semiseg.benchmark.results import load_results
+
+    doc = json.loads(bench["results"].read_text())
+    old = json.loads(json.dumps(doc))
+    del old["supervised_gap"]["paired"]
+    for e in old["entries"].values():
+        e.pop("paired_vs_lower", None)
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    back = load_results(tmp_path / "old.json")
+    assert back["entries"] == doc["entries"] and back["supervised_gap"] == doc["supervised_gap"]
+
+
+def test_results_name_paths_relative_to_the_checkout_and_the_data_root(bench, tmp_path, monkeypatch):
+    """A results file names no directory of the machine that wrote it; reading it gives this machine's paths back."""
+    from semiseg.benchmark import results
+    from semiseg.benchmark.harness import prepare, restore_pieces, write_results
+    from semiseg.benchmark.report import write_report
+
+    base = bench["base"]
+    monkeypatch.setattr(results, "repo_root", lambda: base / "work")  # as if the work folder were the checkout ...
+    monkeypatch.setenv("SEMISEG_DATA_ROOT", str(base))  # ... inside the data root: the deeper root names a path
+    cfg = config_from_dict(raw_config(bench["data"], base, results_dir=str(tmp_path / "results")))
+    path = write_results(cfg, prepare(cfg, progress=False))
+    text = path.read_text()
+    assert str(base) not in text
+    doc = json.loads(text)
+    run = doc["runs"][0]
+    assert run["entry"] == "lower" and doc["benchmark"]["dataset"] == run["key"]["dataset"] == "data:raw"
+    assert run["test"]["pred_dir"] == "./predictions/lower/seed_0/test" and run["train"]["model"].startswith("./regime/models/lower/")
+    assert run["command"] == "semiseg benchmark data:tiny.yaml"  # a path inside a command line too
+    piece = json.loads((base / "work" / "pieces" / "lower" / "seed_0.json").read_text())
+    back = results.load_results(path)["runs"][0]
+    assert back["test"] == piece["test"] and back["train"]["model"] == piece["train"]["model"] and back["key"]["dataset"] == str(bench["data"])
+    # a fresh work folder restores every run: the keys match once the paths are resolved
+    fresh = config_from_dict(raw_config(bench["data"], base, work_dir=str(tmp_path / "fresh"), results_dir=str(tmp_path / "results")))
+    assert restore_pieces(fresh, prepare(fresh, progress=False)) == 3
+    page = write_report([path], tmp_path / "report").read_text()  # the report finds the predictions again
+    assert "not on disk" not in page and (tmp_path / "report" / "tiny_overlay_lower_best.png").is_file()
+
+
+def _gone(doc: dict, where: Path, thumbnails: bool = True) -> dict:
+    """The results as a fresh clone sees them: no run folder (predictions, images, figures) on disk."""
+    for r in doc["runs"]:
+        r["test"] = {**r["test"], "pred_dir": str(where / "pred"), "images_dir": str(where / "images"), "ref_dir": str(where / "ref")}
+        r["figures"] = [str(where / "figures" / "quality.png")]
+        if not thumbnails:  # results written before thumbnails were kept beside them
+            r.pop("thumbnails", None)
+    return doc
+
+
+def test_report_from_a_fresh_clone_says_once_that_run_files_are_gone(bench, tmp_path):
+    from semiseg.benchmark.report import write_report
+
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(_gone(json.loads(bench["results"].read_text()), tmp_path / "gone", thumbnails=False)))
+    page = write_report([path], tmp_path / "report").read_text()
+    assert page.count("not on disk") == 1 and "6 best/worst-case overlay(s) and 3 method figure(s) left out" in page
+    assert not list((tmp_path / "report").glob("*_overlay_*.png"))
+    accuracy = page.split("<h3>Accuracy on the test cases</h3>")[1].split("</table>")[0]
+    paired = page.split("<h3>Paired with the lower bound")[1].split("</table>")[0]
+    assert accuracy.count("<tr") == paired.count("<tr") == 1 + 3 and "Δ Dice vs lower [95% CI]" in paired and "p (Wilcoxon)" in paired
+
+
+def test_report_shows_the_thumbnails_kept_with_the_results(bench, tmp_path):
+    from PIL import Image
+
+    from semiseg.benchmark.report import write_report
+    from semiseg.benchmark.thumbnails import piece_thumbnails
+
+    doc = json.loads(bench["results"].read_text())
+    for r in doc["runs"]:  # what the harness keeps when a run is scored, before the run folder goes
+        r["thumbnails"] = piece_thumbnails(r["test"], tmp_path / "thumbs", f"{r['entry']}_seed_{r['seed']}")
+    thumb = Path(doc["runs"][0]["thumbnails"][0]["png"])
+    img = np.asarray(Image.open(thumb).convert("RGB")).astype(int)
+    assert thumb.stat().st_size < 20_000 and img.shape[0] == 160 and img.shape[1] == 3 * 160 + 2 * 2  # square voxels: 160 x 160 panels
+    image, ref = img[:, :160], img[:, 162:322]
+    assert (image.max(-1) == image.min(-1)).all() and (ref.max(-1) - ref.min(-1) > 30).sum() > 50  # grey image; coloured reference
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(_gone(doc, tmp_path / "gone")))
+    page = write_report([path], tmp_path / "report").read_text()
+    thumbs = page.split("<h3>Best and worst test case per entry</h3>")[1]
+    assert thumbs.count("[thumbnail]</figcaption>") == 6 and thumbs.count('src="data:image/png;base64,') == 6
+    assert "overlay(s)" not in page and page.count("not on disk") == 1  # only the method figures are gone
+
+
 # -- scores after post-processing --------------------------------------------------------------------
 def _write_label(arr: np.ndarray, path: Path) -> None:
     from semiseg.data.io import Geometry, write_segmentation
@@ -355,6 +461,7 @@ def test_benchmark_with_postprocess_scores_every_run(bench, tmp_path):
         assert fp["DSC"]["n"] == 1 and 0.0 <= fp["DSC"]["mean"] <= 1.0, name
     assert all(r["test_postprocessed"]["steps"] == [{"step": "largest_component"}] for r in doc["runs"])
     gap = doc["supervised_gap_postprocessed"]
+    assert gap["paired"] == doc["entries"]["upper"]["paired_vs_lower_postprocessed"] and gap["paired"]["n"] == len(TEST)
     lo, up = (doc["entries"][n]["foreground_postprocessed"]["DSC"]["mean"] for n in ("lower", "upper"))
     assert gap["available"] and gap["of_means"] == pytest.approx(up - lo)
     mt = doc["entries"]["mean-teacher"]

@@ -4,6 +4,7 @@ step count as a benchmark of its own, read back by the convergence table."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -40,6 +41,10 @@ def test_jobs_run_pieces_side_by_side_into_one_results_file(tmp_path):
         m = r["machine"]
         assert m["torch_threads"] == max(1, (m["cpu_affinity"] or m["cpu_count"]) // 2)
         assert "--only" in r["command"] and "--seeds 0" in r["command"]
+    for r in doc["runs"]:  # first-seed pieces keep best/worst thumbnails beside the results, named portably
+        assert [t["which"] for t in r["thumbnails"]] == ["best", "worst"]
+        assert all(t["png"].startswith(str(tmp_path)) and Path(t["png"]).is_file() for t in r["thumbnails"])
+        assert Path(r["thumbnails"][0]["png"]).parent == tmp_path / "results" / "tiny_jobs_thumbnails"
     again = run_benchmark(load_config(cfg_file), device="cpu", progress=False, jobs=2, only=["lower", "upper"])
     assert json.loads(again.read_text())["runs"] == doc["runs"]  # finished pieces are not run again
 

@@ -4,6 +4,8 @@
     runners.py      method name -> how to train it (engine methods, offline self-training)
     harness.py      run_benchmark: splits, shared run folders, resumable (method, seed) pieces
     results.py      aggregation, gap closure, provenance (command, commit, machine)
+    paired.py       paired comparison with the lower bound: bootstrap CI, Wilcoxon p (numpy + scipy)
+    thumbnails.py   small best/worst-case overlay PNGs kept with the results
     report.py       self-contained HTML report with embedded PNGs
     readme_table.py README results table generated from benchmarks/results/*.json
     cli.py          ``semiseg benchmark`` and ``semiseg report`` (register_cli)

@@ -357,9 +357,30 @@ def postprocess_pieces(cfg: BenchmarkConfig, layout: Layout, progress: bool = Fa
     return done
 
 
+def thumbnail_pieces(cfg: BenchmarkConfig, layout: Layout) -> int:
+    """Best/worst-case overlay thumbnails of each entry's first-seed piece, kept beside the results file
+    (``<results_dir>/<name>_thumbnails/``) so the committed report shows them on a clone without predictions."""
+    from semiseg.benchmark.thumbnails import piece_thumbnails
+
+    done, seed, plan = 0, cfg.seeds[0], layout.regime.plan
+    for entry in cfg.entries():
+        path = layout.piece(entry.name, seed)
+        if not path.is_file():
+            continue
+        p = json.loads(path.read_text())
+        if p.get("thumbnails") or p.get("key") != piece_key(cfg, entry, seed, plan):
+            continue
+        made = piece_thumbnails(p["test"], cfg.results_dir / f"{cfg.name}_thumbnails", f"{entry.name}_seed_{seed}")
+        if made:
+            atomic_write_json(path, {**p, "thumbnails": made})
+            done += 1
+    return done
+
+
 def write_results(cfg: BenchmarkConfig, layout: Layout, skipped: Sequence[dict[str, Any]] = (), device: str | None = None,
                   command: Sequence[str] | None = None) -> Path:
     postprocess_pieces(cfg, layout)
+    thumbnail_pieces(cfg, layout)
     pieces, stale = collect_pieces(cfg, layout)
     doc = aggregate(cfg, pieces, skipped, stale, command, device)
     atomic_write_json(cfg.results_file, doc)

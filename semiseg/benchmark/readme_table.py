@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from semiseg.benchmark.config import LOWER, UPPER, repo_root
+from semiseg.benchmark.paired import format_diff, format_p
 from semiseg.benchmark.results import cpu_model_text, load_results
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -29,6 +30,14 @@ def _gap_text(name: str, gc: Mapping[str, Any] | None) -> str:
     return "—" if name in (LOWER, UPPER) or not gc or gc.get("of_means") is None else f"{gc['of_means']:.2f}"
 
 
+def _paired_text(name: str, c: Mapping[str, Any] | None) -> str:
+    """``Δ [CI] | p`` cells against the lower bound, the Δ in bold when the CI excludes 0; a dash for the lower bound."""
+    if name == LOWER:
+        return "— | —"
+    diff = format_diff(c)
+    return f"{f'**{diff}**' if c and c.get('verdict') != 'not distinguishable' else diff} | {format_p(c)}"
+
+
 def table_for(doc: Mapping[str, Any], source: str) -> str:
     """One benchmark: heading with its regime and budget, a row per entry, and the provenance line."""
     b = doc["benchmark"]
@@ -42,9 +51,10 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
     ]
     pp = any("foreground_postprocessed" in e for e in doc["entries"].values())
     lines += [
-        "| method | seeds | Dice (test) | gap closure | NSD | HD95 (mm) | ASD (mm) | train time (min) | s/step | peak RAM (GB) |"
+        "| method | seeds | Dice (test) | gap closure | Δ Dice vs lower [95% CI] | p (Wilcoxon) | NSD | HD95 (mm) | ASD (mm) |"
+        " train time (min) | s/step | peak RAM (GB) |"
         + (" Dice, post-processed | gap closure, post-processed | HD95, post-processed (mm) |" if pp else ""),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if pp else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if pp else ""),
     ]
     for name, e in doc["entries"].items():
         fg = e["foreground"]
@@ -55,7 +65,8 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
         sps = (e.get("seconds_per_step") or {}).get("mean")  # training time per budget step (the last session's, if resumed)
         sps_text = "n/a" if sps is None else f"{sps:.2f}"
         ram_text = "n/a" if ram is None else f"{ram / 1024:.2f}"
-        lines.append(f"| {label} | {len(e['seeds'])} | {_pm(fg['DSC'])} | {gc_text} | {_pm(fg['NSD'])} | {_pm(fg['HD95'], 2)} | "
+        lines.append(f"| {label} | {len(e['seeds'])} | {_pm(fg['DSC'])} | {gc_text} | {_paired_text(name, e.get('paired_vs_lower'))} | "
+                     f"{_pm(fg['NSD'])} | {_pm(fg['HD95'], 2)} | "
                      f"{_pm(fg['ASD'], 2)} | {t_text} | {sps_text} | {ram_text} |"
                      + (f" {_pm((e.get('foreground_postprocessed') or {}).get('DSC'))} | {_gap_text(name, e.get('gap_closure_postprocessed'))} |"
                         f" {_pm((e.get('foreground_postprocessed') or {}).get('HD95'), 2)} |" if pp else ""))
@@ -66,6 +77,9 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
     gap, gap_pp = doc.get("supervised_gap", {}), doc.get("supervised_gap_postprocessed") or {}
     lines += ["", f"Source: `{source}`; command: {', '.join(f'`{c}`' for c in commands) or 'n/a'}; commit {', '.join(commits) or 'n/a'}; "
                   f"machine: {'; '.join(machines) or 'n/a'}." + (f" Note: {gap['warning']}." if gap.get("warning") else "")
+              + (" Δ Dice vs lower: each test case of each seed against the lower bound's on the same case and seed, mean with "
+                 "a 95% bootstrap CI over those pairs (bold: the CI excludes 0) and the Wilcoxon signed-rank p."
+                 if any(e.get("paired_vs_lower") for e in doc["entries"].values()) else "")
               + (f" Post-processing: `{json.dumps(b.get('postprocess'))}`" + (
                   f"; supervised gap after it {gap_pp['of_means']:.3f}" if gap_pp.get("of_means") is not None else "") + "." if pp else "")]
     return "\n".join(lines)

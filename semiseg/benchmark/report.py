@@ -4,8 +4,9 @@ Per benchmark: the provenance (command, commit, machine, budget, plan), a summar
 with its spread over seeds, per-case Dice against the lower bound, per-class Dice, training curves,
 pseudo-label quality / uncertainty figures where a method has them, and overlay thumbnails of the best
 and worst test case of every entry. The PNGs are also written beside ``index.html`` for reuse.
-A report needs only the results file, except for the figures drawn from a run's folder (overlays,
-a method's own figures), which are left out with a note when those folders are gone.
+A report needs only the results file: overlays are drawn from a run's images and predictions when they
+are on disk, else taken from the thumbnails kept with the results (semiseg.benchmark.thumbnails); what
+is neither (and a method's own figures whose run folder is gone) is left out with one note.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from semiseg.benchmark.config import LOWER, UPPER
-from semiseg.benchmark.results import case_foreground, cpu_model_text, load_results
+from semiseg.benchmark.paired import format_diff, format_p
+from semiseg.benchmark.results import cpu_model_text, load_results
+from semiseg.benchmark.thumbnails import best_and_worst, case_files
 from semiseg.data.io import atomic_write_text
 
 _COLOURS = {LOWER: "#7f7f7f", UPPER: "#2f2f2f"}
@@ -195,41 +198,45 @@ def plot_unlabelled(doc: Mapping[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def overlays(doc: Mapping[str, Any], out: Path, prefix: str) -> tuple[list[tuple[str, Path]], list[str]]:
-    """Best and worst test case of every entry (its first seed), image | reference | prediction."""
+def _dataset_labels(doc: Mapping[str, Any]) -> dict[str, int] | None:
+    """Label names and values from the dataset's ``dataset.json`` (None when the dataset is not on this machine)."""
+    ds_json = Path(doc["benchmark"]["dataset"]) / "dataset.json"
+    return json.loads(ds_json.read_text())["labels"] if ds_json.is_file() else None
+
+
+def _caption(entry: str, which: str, case: str, dice: float) -> str:
+    return f"{entry}: {which} ({case}, Dice {dice:.3f})"
+
+
+def overlays(doc: Mapping[str, Any], out: Path, prefix: str) -> tuple[list[tuple[str, Path]], int]:
+    """Best and worst test case of every entry (its first seed), image | reference | prediction: drawn from the
+    run's files when on disk, else the run's kept thumbnail; returns the figures and how many were neither."""
     from semiseg.data.io import read_array
     from semiseg.report import overlay_png
 
-    labels = None
-    made, notes = [], []
+    labels = _dataset_labels(doc)
+    made, missing = [], 0
     seen: set[str] = set()
     for r in doc["runs"]:
         if r["entry"] in seen:
             continue
         seen.add(r["entry"])
-        test = r["test"]
-        if labels is None:
-            ds_json = Path(doc["benchmark"]["dataset"]) / "dataset.json"
-            labels = json.loads(ds_json.read_text())["labels"] if ds_json.is_file() else None
-        scores = {c: case_foreground(v) for c, v in test["cases"].items()}
-        scores = {c: v for c, v in scores.items() if v is not None}
-        if not scores or labels is None:
-            continue
-        ranked = sorted(scores, key=lambda c: scores[c])
-        for which, case in (("best", ranked[-1]), ("worst", ranked[0])):
-            ending = next((e for e in (".nii.gz", ".nii", ".mha", ".nrrd") if (Path(test["ref_dir"]) / f"{case}{e}").is_file()), None)
-            paths = None if ending is None else (Path(test["images_dir"]) / f"{case}_0000{ending}", Path(test["ref_dir"]) / f"{case}{ending}",
-                                                  Path(test["pred_dir"]) / f"{case}{ending}")
-            if paths is None or not all(p.is_file() for p in paths):
-                notes.append(f"{r['entry']}: {which} case {case}: image, reference or prediction no longer on disk")
-                continue
-            image, geo = read_array(paths[0])
-            ref, _ = read_array(paths[1])
-            pred, _ = read_array(paths[2])
-            png = out / f"{prefix}_overlay_{r['entry']}_{which}.png"
-            overlay_png(image, ref, pred, labels, png, f"{r['entry']} seed {r['seed']} - {which}: {case}, Dice {scores[case]:.3f}", geo.spacing_zyx)
-            made.append((f"{r['entry']}: {which} ({case}, Dice {scores[case]:.3f})", png))
-    return made, notes
+        kept = {t["which"]: t for t in r.get("thumbnails") or [] if Path(t["png"]).is_file()}
+        for which, case, dice in best_and_worst(r["test"]["cases"]):
+            files = case_files(r["test"], case) if labels is not None else None
+            if files is not None:
+                image, geo = read_array(files[0])
+                ref, _ = read_array(files[1])
+                pred, _ = read_array(files[2])
+                png = out / f"{prefix}_overlay_{r['entry']}_{which}.png"
+                overlay_png(image, ref, pred, labels, png, f"{r['entry']} seed {r['seed']} - {which}: {case}, Dice {dice:.3f}", geo.spacing_zyx)
+                made.append((_caption(r["entry"], which, case, dice), png))
+            elif which in kept:
+                t = kept[which]
+                made.append((_caption(r["entry"], which, t["case"], t["dice"]) + " [thumbnail]", Path(t["png"])))
+            else:
+                missing += 1
+    return made, missing
 
 
 # -- HTML ------------------------------------------------------------------------------------------
@@ -241,6 +248,7 @@ th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}tr.bound td{
 .meta{font-size:0.85em;color:#444}.meta code{background:#f4f4f4;padding:1px 4px}.warn{background:#fff4e0;border-left:4px solid #f0a020;padding:6px 10px;margin:8px 0}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0;flex:0 1 auto}figcaption{font-size:0.8em;color:#555}
 .thumbs figure{flex:0 1 48%}.thumbs img{width:100%}
+.note{color:#555;font-size:0.9em;border-left:4px solid #ccc;padding:4px 10px;margin:8px 0}
 img{max-width:100%;height:auto;border:1px solid #eee}pre{background:#f7f7f7;padding:8px;font-size:0.8em;overflow-x:auto}
 """
 
@@ -256,13 +264,28 @@ def _figure_html(path: Path | None, caption: str) -> str:
     return f"<figure>{_img(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
+_PAIRED_TEXT = ("Each entry's foreground Dice on every test case of every seed minus the lower bound's on the same case "
+                "and seed: mean difference with a 95% percentile-bootstrap CI ({resamples} resamples of the pairs, RNG seed "
+                "{rng_seed}) and the two-sided Wilcoxon signed-rank p. An entry beats the lower bound only when the whole CI "
+                "is above 0; pairs of one case over seeds are not independent, so read the CI as optimistic.")
+
+
+def _paired_cells(name: str, c: Mapping[str, Any] | None) -> list[str]:
+    """Mean difference [CI] and p of one entry against the lower bound ('-' for the lower bound itself)."""
+    if name == LOWER:
+        return ["-", "-"]
+    return [format_diff(c), format_p(c)]
+
+
 def _summary_table(doc: Mapping[str, Any]) -> str:
-    """Three narrow tables (accuracy, accuracy after post-processing, cost) rather than one wider than the page."""
+    """Narrow tables (accuracy, paired with the lower bound, after post-processing, cost) rather than one wider than the page."""
     pp = any("foreground_postprocessed" in e for e in doc["entries"].values())
     acc_head = ["entry", "seeds", "Dice (mean ± sd)", "gap closure (of means)", "gap closure (per seed)", "IoU", "NSD", "HD95 mm", "ASD mm"]
-    pp_head = ["entry", "Dice", "gap closure (of means)", "gap closure (per seed)", "NSD", "HD95 mm"]
+    paired_head = ["entry", "pairs", "Δ Dice vs lower [95% CI]", "p (Wilcoxon)", "verdict"]
+    pp_head = ["entry", "Dice", "gap closure (of means)", "gap closure (per seed)", "Δ Dice vs lower [95% CI]", "p (Wilcoxon)", "NSD", "HD95 mm"]
     cost_head = ["entry", "method and parameters", "train s", "s/step", "peak RSS MB"]
-    acc, post, cost = [], [], []
+    acc, paired, post, cost = [], [], [], []
+    boot = next((e["paired_vs_lower"]["bootstrap"] for e in doc["entries"].values() if e.get("paired_vs_lower")), None)
     for name, e in doc["entries"].items():
         bound = name in (LOWER, UPPER)
         gc = e.get("gap_closure") or {}
@@ -270,14 +293,21 @@ def _summary_table(doc: Mapping[str, Any]) -> str:
         acc.append((name, [name, str(len(e["seeds"])), _pm(fg["DSC"]),
                            "-" if bound else _fmt(gc.get("of_means"), 2), "-" if bound else _pm(gc.get("over_seeds", {}), 2),
                            _pm(fg["IoU"]), _pm(fg["NSD"]), _pm(fg["HD95"], 2), _pm(fg["ASD"], 2)]))
+        pv = e.get("paired_vs_lower")
+        none = name == LOWER or pv is None
+        paired.append((name, [name, "-" if none else str(pv["n"]), *_paired_cells(name, pv), "-" if none else pv["verdict"]]))
         if pp:
             fp = e.get("foreground_postprocessed") or {}
             gpp = e.get("gap_closure_postprocessed") or {}
             post.append((name, [name, _pm(fp.get("DSC") or {}), "-" if bound else _fmt(gpp.get("of_means"), 2),
-                                "-" if bound else _pm(gpp.get("over_seeds", {}), 2), _pm(fp.get("NSD") or {}), _pm(fp.get("HD95") or {}, 2)]))
+                                "-" if bound else _pm(gpp.get("over_seeds", {}), 2), *_paired_cells(name, e.get("paired_vs_lower_postprocessed")),
+                                _pm(fp.get("NSD") or {}), _pm(fp.get("HD95") or {}, 2)]))
         cost.append((name, [name, e["method"] + (f" {json.dumps(e['params'])}" if e["params"] else ""),
                             _pm(e["train_wall_time_s"], 0), _pm(e["seconds_per_step"], 3), _fmt(e["peak_rss_mb"].get("max"), 0)]))
     out = "<h3>Accuracy on the test cases</h3>" + _table(acc_head, acc)
+    if boot is not None:
+        out += ("<h3>Paired with the lower bound (same seed, same test case)</h3><p class='meta'>"
+                + html.escape(_PAIRED_TEXT.format(**boot)) + "</p>" + _table(paired_head, paired))
     if pp:
         out += ("<h3>After post-processing</h3><p>Each run's test predictions after <code>"
                 f"{html.escape(json.dumps(doc['benchmark'].get('postprocess')))}</code> (semiseg.postprocess), scored again.</p>"
@@ -331,7 +361,17 @@ def _meta(doc: Mapping[str, Any]) -> str:
         f"<div><b>{k}</b>: {v if k == 'results written' else '<code>' + html.escape(str(v)) + '</code>'}</div>" for k, v in items) + "</div>"
 
 
-def _warnings(doc: Mapping[str, Any], notes: Sequence[str]) -> str:
+def _not_on_disk_note(overlays_missing: int, figures_missing: int) -> str:
+    """One line for everything drawn from run folders that are gone, instead of one warning per picture."""
+    what = [f"{overlays_missing} best/worst-case overlay(s)" if overlays_missing else "",
+            f"{figures_missing} method figure(s)" if figures_missing else ""]
+    if not any(what):
+        return ""
+    return (f"<p class='note'>{html.escape(' and '.join(w for w in what if w))} left out: the images, predictions or figures they "
+            "are drawn from are not on disk (run folders are not committed; rerun the benchmark to draw them).</p>")
+
+
+def _warnings(doc: Mapping[str, Any]) -> str:
     w = []
     gap = doc.get("supervised_gap", {})
     if gap.get("warning"):
@@ -345,8 +385,17 @@ def _warnings(doc: Mapping[str, Any], notes: Sequence[str]) -> str:
     w += [f"skipped {s['entry']}: {s['reason']}" for s in doc.get("skipped", [])]
     if doc.get("stale_pieces"):
         w.append(f"{len(doc['stale_pieces'])} run(s) made with another configuration were left out")
-    w += list(notes)
     return "".join(f"<div class='warn'>{html.escape(x)}</div>" for x in w)
+
+
+def _gap_paired_text(c: Mapping[str, Any] | None) -> str:
+    """Whether the supervised gap stands out from the case-to-case noise (upper vs lower on the same pairs)."""
+    if not c or c.get("mean_diff") is None:
+        return ""
+    meaning = {"beats lower bound": "the gap is real (the whole CI is above 0)",
+               "below lower bound": "the upper bound is below the lower bound"}.get(c["verdict"], "the gap is not distinguishable from 0")
+    return (f"<p>Paired over {c['n']} (seed, test case) pairs, upper - lower: <b>{html.escape(format_diff(c))}</b>, "
+            f"Wilcoxon p {html.escape(format_p(c))}: {meaning}.</p>")
 
 
 def benchmark_section(doc: Mapping[str, Any], out: Path) -> str:
@@ -362,7 +411,8 @@ def benchmark_section(doc: Mapping[str, Any], out: Path) -> str:
     ]
     curves = plot_curves(doc, out / f"{name}_curves.png")
     unl = plot_unlabelled(doc, out / f"{name}_unlabelled.png")
-    thumbs, notes = overlays(doc, out, name)
+    thumbs, overlays_missing = overlays(doc, out, name)
+    figures_missing = 0
     method_figs = []
     shown: set[str] = set()
     for r in doc["runs"]:  # a method's own figures and quality summaries, first seed of each entry
@@ -374,7 +424,7 @@ def benchmark_section(doc: Mapping[str, Any], out: Path) -> str:
             if p.is_file():
                 method_figs.append(_figure_html(p, f"{r['entry']} seed {r['seed']}: {p.parent.name}/{p.name}"))
             else:
-                notes.append(f"{r['entry']} seed {r['seed']}: figure {p} no longer on disk")
+                figures_missing += 1
         for where, q in (r.get("pseudo_label_quality") or {}).items():
             brief = {k: v for k, v in q.items() if not isinstance(v, (dict, list))} if isinstance(q, dict) else q
             method_figs.append(f"<figure><pre>{html.escape(json.dumps(brief, indent=1))}</pre>"
@@ -383,22 +433,24 @@ def benchmark_section(doc: Mapping[str, Any], out: Path) -> str:
     if gap.get("available"):
         gap_text = (f"<p>Supervised gap (upper - lower, mean foreground Dice): <b>{_fmt(gap.get('of_means'))}</b>"
                     f" (per seed: {_pm(gap.get('over_seeds', {}))}). Gap closure = (method - lower) / (upper - lower).</p>")
+        gap_text += _gap_paired_text(gap.get("paired"))
     gap_pp = doc.get("supervised_gap_postprocessed") or {}
     if gap_pp.get("available"):
         gap_text += (f"<p>After post-processing: supervised gap <b>{_fmt(gap_pp.get('of_means'))}</b>"
-                     f" (per seed: {_pm(gap_pp.get('over_seeds', {}))}).</p>")
+                     f" (per seed: {_pm(gap_pp.get('over_seeds', {}))}).</p>") + _gap_paired_text(gap_pp.get("paired"))
     parts = [
         f"<h2>{html.escape(name)}</h2>",
         f"<p>{html.escape(doc['benchmark'].get('description', ''))}</p>" if doc["benchmark"].get("description") else "",
-        _meta(doc), _warnings(doc, notes), gap_text, _summary_table(doc), _per_case_table(doc),
+        _meta(doc), _warnings(doc), _not_on_disk_note(overlays_missing, figures_missing), gap_text, _summary_table(doc), _per_case_table(doc),
         "<h3>Dice</h3><div class='grid'>" + "".join(figs) + "</div>",
         "<h3>Training curves</h3>" + (_figure_html(curves, "training losses (binned means over steps)") if curves else "<p>no training logs</p>"),
         "<h3>Pseudo-label quality and uncertainty</h3>" + (
             "<div class='grid'>" + _figure_html(unl, "Dice on the unlabelled cases") + "".join(method_figs) + "</div>"
-            if unl or method_figs else "<p>none of these methods produced pseudo-label or uncertainty figures "
-                                       "(set <code>score_unlabelled: true</code> to score predictions on the unlabelled cases)</p>"),
-        "<h3>Best and worst test case per entry</h3><div class='grid thumbs'>"
-        + "".join(_figure_html(p, cap) for cap, p in thumbs) + "</div>",
+            if unl or method_figs else "<p>none shown (see the note above)</p>" if figures_missing
+            else "<p>none of these methods produced pseudo-label or uncertainty figures "
+                 "(set <code>score_unlabelled: true</code> to score predictions on the unlabelled cases)</p>"),
+        "<h3>Best and worst test case per entry</h3>" + ("<div class='grid thumbs'>" + "".join(_figure_html(p, cap) for cap, p in thumbs)
+                                                         + "</div>" if thumbs else "<p>none shown (see the note above)</p>"),
     ]
     return "\n".join(parts)
 

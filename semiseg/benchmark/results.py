@@ -8,6 +8,12 @@ peak RAM) and, per entry, the spread over seeds and the gap closure
 
 computed per seed where all three have that seed, and of the means over each entry's seeds.
 Spreads are sample standard deviations (ddof = 1); with one seed there is no spread (null).
+Every entry but the lower bound also gets ``paired_vs_lower``: its case Dice against the lower bound's on
+the same (seed, test case) pairs, with a bootstrap CI and a Wilcoxon p (semiseg.benchmark.paired).
+
+Paths are written portable: under the data root as ``data:<relative>``, under the checkout as
+``./<relative>`` (``.`` for the checkout itself); ``load_results`` turns them back into paths of the
+machine reading the file, so a results file names no directory of the machine that made it.
 """
 from __future__ import annotations
 
@@ -15,19 +21,22 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from semiseg.benchmark.config import LOWER, UPPER, BenchmarkConfig, repo_root
+from semiseg.benchmark.config import LOWER, UPPER, BenchmarkConfig, default_data_root, repo_root
+from semiseg.benchmark.paired import paired_comparison
 
 SCHEMA = 1
 METRICS = ("DSC", "IoU", "NSD", "HD95", "ASD")
 MIN_GAP = 0.03  # BENCHMARK.md: below this supervised gap, gap closure is seed noise
+DATA_MARK, REPO_MARK = "data:", "."  # portable path prefixes: data root, checkout
 
 
 # -- provenance ------------------------------------------------------------------------------------
@@ -117,6 +126,11 @@ def case_foreground(per_class: Mapping[str, Mapping[str, float | None]], metric:
     return float(np.mean(v)) if v else None
 
 
+def per_case_dice(test: Mapping[str, Any]) -> dict[str, float | None]:
+    """Foreground-mean Dice of every case of an evaluation (``test`` or ``test_postprocessed`` of a piece)."""
+    return {case: case_foreground(v) for case, v in test["cases"].items()}
+
+
 def _num(x: Any) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
@@ -132,7 +146,7 @@ def aggregate_entry(pieces: Sequence[Mapping[str, Any]], postprocess: Sequence[M
         per_seed[str(s)] = {
             "foreground": {m: _num(test["foreground_mean"].get(m)) for m in METRICS},
             "per_class_dice": {c: _num(v.get("DSC")) for c, v in test["mean"].items()},
-            "per_case_dice": {case: case_foreground(v) for case, v in test["cases"].items()},
+            "per_case_dice": per_case_dice(test),
         }
     first = next(iter(per_seed.values()))
     classes, cases = list(first["per_class_dice"]), list(first["per_case_dice"])
@@ -149,8 +163,8 @@ def aggregate_entry(pieces: Sequence[Mapping[str, Any]], postprocess: Sequence[M
     }
     steps = [dict(x) for x in postprocess]
     if steps and all(p.get("test_postprocessed", {}).get("steps") == steps for p in by_seed.values()):
-        pp = {str(s): {"foreground": {m: _num(p["test_postprocessed"]["foreground_mean"].get(m)) for m in METRICS}}
-              for s, p in by_seed.items()}
+        pp = {str(s): {"foreground": {m: _num(p["test_postprocessed"]["foreground_mean"].get(m)) for m in METRICS},
+                       "per_case_dice": per_case_dice(p["test_postprocessed"])} for s, p in by_seed.items()}
         out["foreground_postprocessed"] = {m: spread(v["foreground"][m] for v in pp.values()) for m in METRICS}
         out["per_seed_postprocessed"] = pp
     unl = [p["unlabelled"]["foreground_mean"].get("DSC") for p in by_seed.values() if p.get("unlabelled")]
@@ -192,6 +206,23 @@ def add_gap_closure(entries: dict[str, dict[str, Any]], suffix: str = "") -> dic
     return gap
 
 
+def _case_dice_by_pair(entry: Mapping[str, Any], suffix: str = "") -> dict[tuple[str, str], float | None]:
+    """Case Dice keyed by (seed, case): the unit on which two entries are paired."""
+    return {(s, c): v for s, ps in entry["per_seed" + suffix].items() for c, v in ps.get("per_case_dice", {}).items()}
+
+
+def add_paired_vs_lower(entries: dict[str, dict[str, Any]], suffix: str = "") -> dict[str, Any] | None:
+    """Fill ``paired_vs_lower<suffix>`` of every entry but the lower bound; returns the upper bound's, which says
+    whether the supervised gap is larger than the case-to-case noise. None throughout without a lower bound."""
+    out = "paired_vs_lower" + suffix
+    entries = {n: e for n, e in entries.items() if "per_seed" + suffix in e}
+    lower = _case_dice_by_pair(entries[LOWER], suffix) if LOWER in entries else None
+    for name, e in entries.items():
+        if name != LOWER:
+            e[out] = None if lower is None else paired_comparison(_case_dice_by_pair(e, suffix), lower, "lower bound")
+    return entries.get(UPPER, {}).get(out)
+
+
 def aggregate(cfg: BenchmarkConfig, pieces: Sequence[Mapping[str, Any]], skipped: Sequence[Mapping[str, Any]] = (),
               stale: Sequence[str] = (), command: Sequence[str] | None = None, device: str | None = None) -> dict[str, Any]:
     """The results document of a benchmark from its finished pieces."""
@@ -205,12 +236,15 @@ def aggregate(cfg: BenchmarkConfig, pieces: Sequence[Mapping[str, Any]], skipped
             spec = cfg.entry(name)
             entries[name] = {"method": spec.method, "params": spec.params, "role": spec.role, **aggregate_entry(grouped[name], cfg.postprocess)}
     gap = add_gap_closure(entries)
+    gap["paired"] = add_paired_vs_lower(entries)
     gap_pp = add_gap_closure(entries, "_postprocessed") if cfg.postprocess else None
+    if gap_pp is not None:
+        gap_pp["paired"] = add_paired_vs_lower(entries, "_postprocessed")
     expected = {(e, s) for e in order for s in cfg.seeds}
     done = {(p["entry"], int(p["seed"])) for p in pieces}
     plans = {json.dumps(p["key"]["plan"], sort_keys=True) for p in pieces}
     runs = [{**p, "key": {k: v for k, v in p["key"].items() if k != "plan"}} for p in pieces]  # the plan is stated once
-    return {
+    return portable_paths({
         "schema": SCHEMA,
         "benchmark": cfg.summary(),
         "plan": json.loads(next(iter(plans))) if len(plans) == 1 else [json.loads(p) for p in sorted(plans)],
@@ -223,7 +257,59 @@ def aggregate(cfg: BenchmarkConfig, pieces: Sequence[Mapping[str, Any]], skipped
         "skipped": list(skipped),
         "stale_pieces": list(stale),
         "runs": sorted(runs, key=lambda p: (order.index(p["entry"]) if p["entry"] in order else len(order), p["seed"])),
-    }
+    })
+
+
+# -- portable paths --------------------------------------------------------------------------------
+def _roots() -> list[tuple[str, str, str]]:
+    """(absolute root, prefix of a path under it, name of the root itself), the deepest root first so a data
+    root inside the checkout is named as the data root; a root reached through a link is matched both ways."""
+    named = [(default_data_root(), DATA_MARK, DATA_MARK), (repo_root(), REPO_MARK + "/", REPO_MARK)]
+    roots = {str(Path(os.path.abspath(form))): (prefix, bare) for root, prefix, bare in named for form in (root, Path(root).resolve())}
+    return sorted(((r, prefix, bare) for r, (prefix, bare) in roots.items()), key=lambda t: -len(t[0]))
+
+
+def portable_text(text: str, roots: Sequence[tuple[str, str, str]] | None = None) -> str:
+    """``text`` with every absolute path under a root rewritten relative to it; paths inside a command line too."""
+    for root, prefix, bare in roots if roots is not None else _roots():
+        if root == os.sep:
+            continue  # a root of / would make every path "relative"
+        pattern = rf"(?<![^\s='\"]){re.escape(root)}(/|(?=[\s'\"]|$))"  # a whole path, or a word of a command line
+        text = re.sub(pattern, lambda m, p=prefix, b=bare: p if m.group(1) else b, text)
+    return text
+
+
+def resolve_text(text: str) -> str:
+    """A portable path (``data:...``, ``./...``, ``.``) as a path on this machine; any other string as it is.
+    Strings with whitespace (command lines) are left alone: they are for reading, not for opening."""
+    if any(c.isspace() for c in text):
+        return text
+    if text.startswith(DATA_MARK):
+        return str(Path(os.path.abspath(default_data_root())) / text[len(DATA_MARK):])
+    if text == REPO_MARK or text.startswith(REPO_MARK + "/"):
+        return str(repo_root() / text[len(REPO_MARK) + 1:])
+    return text
+
+
+def _map_strings(obj: Any, fn: Callable[[str], str]) -> Any:
+    if isinstance(obj, str):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        return {k: _map_strings(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_map_strings(v, fn) for v in obj]
+    return obj
+
+
+def portable_paths(doc: Any) -> Any:
+    """A copy of ``doc`` whose string values name paths relative to the data root or the checkout."""
+    roots = _roots()
+    return _map_strings(doc, lambda s: portable_text(s, roots))
+
+
+def resolved_paths(doc: Any) -> Any:
+    """The inverse of ``portable_paths`` on this machine's roots."""
+    return _map_strings(doc, resolve_text)
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -234,4 +320,13 @@ def load_results(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{p}: cannot read benchmark results: {e}") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or "entries" not in doc:
         raise ValueError(f"{p}: not a semiseg benchmark results file (schema {SCHEMA})")
+    return with_paired(resolved_paths(doc))
+
+
+def with_paired(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with the paired comparison filled in when it was written before that existed: the per-case scores
+    it needs are in every results file (the post-processed one needs per-case scores older files lack)."""
+    gap = doc.get("supervised_gap")
+    if isinstance(gap, dict) and "paired" not in gap:
+        gap["paired"] = add_paired_vs_lower(doc["entries"])
     return doc

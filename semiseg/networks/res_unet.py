@@ -19,6 +19,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from semiseg.config import NetworkConfig
+from semiseg.networks.dropout import BottleneckDropout, remove_dropout
 from semiseg.networks.unet import default_topology
 
 NUM_RES_UNITS = 1
@@ -51,22 +52,10 @@ class ResUNet(nn.Module):
         # The top stage (transposed conv to K channels, then a residual unit whose skip adds that conv's output to
         # the head's) carries its values straight into the logits, so no dropout may act inside it.
         top = self.net.model[-1]
-        for name, m in top.named_modules():
-            if isinstance(m, nn.modules.dropout._DropoutNd):
-                parent = top.get_submodule(name.rsplit(".", 1)[0]) if "." in name else top
-                setattr(parent, name.rsplit(".", 1)[-1], nn.Identity())
+        remove_dropout(top)
         # UA-MT's placement: channel dropout on the bottleneck's output and on the top stage's input features
-        # (hooks bound per copy, so a deepcopy used as a mean teacher keeps its own train/eval mode)
-        self.drop = nn.Dropout3d(cfg.dropout) if cfg.dropout > 0 and placement == "bottleneck" else None
-        if self.drop is not None:
-            _bottom_unit(self.net.model).register_forward_hook(self._drop_output)
-            top.register_forward_pre_hook(self._drop_input)
-
-    def _drop_output(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        return self.drop(out)
-
-    def _drop_input(self, module: nn.Module, args: tuple) -> tuple:
-        return (self.drop(args[0]), *args[1:])
+        self.drop = (BottleneckDropout(cfg.dropout, _bottom_unit(self.net.model), top)
+                     if cfg.dropout > 0 and placement == "bottleneck" else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

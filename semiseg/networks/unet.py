@@ -6,6 +6,7 @@ from monai.networks.nets import DynUNet
 from torch import nn
 
 from semiseg.config import NetworkConfig
+from semiseg.networks.dropout import BottleneckDropout, remove_dropout
 
 
 def default_topology(n_stages: int) -> tuple[list[list[int]], list[list[int]]]:
@@ -43,19 +44,14 @@ class UNet(nn.Module):
             deep_supr_num=max(1, min(2, len(cfg.features) - 2)),
             res_block=False,
         )
+        # logits are never dropped: DynUNet puts its element-wise dropout in the 1x1 output convs too
+        remove_dropout(self.net.output_block)
+        if cfg.deep_supervision:
+            remove_dropout(self.net.deep_supervision_heads)
         # SSL4MIS placement (UA-MT's V-Net): channel dropout on the bottleneck's output and on the head's input.
-        # DynUNet nests its bottleneck inside skip layers, so hooks apply it; bound methods, so a deepcopy
-        # (a mean teacher) gets hooks bound to its own dropout and train/eval state.
-        self.drop = nn.Dropout3d(cfg.dropout) if cfg.dropout > 0 and placement == "bottleneck" else None
-        if self.drop is not None:
-            self.net.bottleneck.register_forward_hook(self._drop_output)
-            self.net.output_block.register_forward_pre_hook(self._drop_input)
-
-    def _drop_output(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        return self.drop(out)
-
-    def _drop_input(self, module: nn.Module, args: tuple) -> tuple:
-        return (self.drop(args[0]), *args[1:])
+        # DynUNet nests its bottleneck inside skip layers, so hooks apply it.
+        self.drop = (BottleneckDropout(cfg.dropout, self.net.bottleneck, self.net.output_block)
+                     if cfg.dropout > 0 and placement == "bottleneck" else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         out = self.net(x)

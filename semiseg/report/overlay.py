@@ -14,7 +14,8 @@ def best_slice(ref: np.ndarray, pred: np.ndarray) -> int:
     return int(np.argmax(fg))
 
 
-def _window(img: np.ndarray) -> np.ndarray:
+def window_intensity(img: np.ndarray) -> np.ndarray:
+    """Intensities scaled to [0, 1] between the 0.5th and 99.5th percentile: outliers do not wash out the slice."""
     lo, hi = np.percentile(img, [0.5, 99.5])
     return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
 
@@ -29,7 +30,7 @@ def overlay_png(image: np.ndarray, ref: np.ndarray, pred: np.ndarray, labels: Ma
     from matplotlib.colors import ListedColormap
 
     z = best_slice(ref, pred)
-    img = _window(image[z].astype(np.float32))
+    img = window_intensity(image[z].astype(np.float32))
     n = max(max(labels.values()), 1)
     cmap = ListedColormap(plt.get_cmap("tab10")(np.arange(n) % 10))
     aspect = spacing_zyx[1] / spacing_zyx[2]

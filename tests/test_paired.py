@@ -1,0 +1,101 @@
+"""Paired comparison against the lower bound on (seed, test case) pairs: known shifts, ties, unmatched
+pairs, reproducible bootstrap, and how the results aggregation fills it in per entry."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semiseg.benchmark.paired import format_diff, format_p, paired_comparison
+from semiseg.benchmark.results import add_paired_vs_lower
+
+CASES = [f"c{i}" for i in range(8)]
+KEYS = [(str(s), c) for s in range(3) for c in CASES]  # 3 seeds x 8 cases = 24 pairs
+
+
+def _baseline(seed: int = 1) -> dict[tuple[str, str], float]:
+    rng = np.random.default_rng(seed)
+    return {k: float(v) for k, v in zip(KEYS, rng.uniform(0.5, 0.9, len(KEYS)))}
+
+
+def test_a_consistent_gain_beats_the_baseline():
+    base = _baseline()
+    rng = np.random.default_rng(2)
+    method = {k: v + 0.05 + float(rng.normal(0, 0.01)) for k, v in base.items()}
+    c = paired_comparison(method, base)
+    diffs = np.array([method[k] - base[k] for k in KEYS])
+    assert c["n"] == 24 and c["mean_diff"] == pytest.approx(diffs.mean())
+    lo, hi = c["ci95"]
+    assert 0 < lo < c["mean_diff"] < hi < 0.1
+    assert c["wilcoxon_p"] < 0.05 and c["beats"] and c["verdict"] == "beats lower bound"
+    down = paired_comparison(base, method)  # the same pairs the other way round
+    assert down["verdict"] == "below lower bound" and not down["beats"] and down["ci95"][1] < 0
+
+
+def test_identical_scores_have_no_difference_and_no_test():
+    base = _baseline()
+    c = paired_comparison(dict(base), base)
+    assert c["n"] == 24 and c["mean_diff"] == 0 and c["ci95"] == [0.0, 0.0]
+    assert c["wilcoxon_p"] is None and not c["beats"] and c["verdict"] == "not distinguishable"
+
+
+def test_noise_around_zero_is_not_distinguishable():
+    base = _baseline()
+    method = {k: v + (0.02 if i % 2 else -0.02) for i, (k, v) in enumerate(base.items())}
+    c = paired_comparison(method, base)
+    assert c["ci95"][0] < 0 < c["ci95"][1] and c["wilcoxon_p"] > 0.5 and c["verdict"] == "not distinguishable"
+
+
+def test_only_pairs_present_in_both_count():
+    base = {("0", "a"): 0.5, ("0", "b"): 0.6, ("1", "a"): 0.7, ("1", "b"): None}
+    method = {("0", "a"): 0.6, ("0", "b"): 0.9, ("1", "b"): 0.8, ("2", "a"): 0.1, ("0", "c"): float("nan")}
+    c = paired_comparison(method, base)
+    assert c["n"] == 2 and c["mean_diff"] == pytest.approx((0.1 + 0.3) / 2)  # ("1","b") has no baseline, ("2","a") no pair
+
+
+def test_bootstrap_is_reproducible_and_seeded():
+    base = _baseline()
+    rng = np.random.default_rng(3)
+    method = {k: v + float(rng.normal(0.01, 0.03)) for k, v in base.items()}
+    a, b = paired_comparison(method, base), paired_comparison(dict(method), dict(base))
+    assert a == b and a["bootstrap"] == {"resamples": 10000, "rng_seed": 0, "level": 0.95, "method": "percentile, pairs resampled"}
+    other = paired_comparison(method, base, seed=1)
+    assert other["ci95"] != a["ci95"] and other["ci95"] == pytest.approx(a["ci95"], abs=0.005)  # another stream, same CI within MC error
+
+
+def test_under_two_pairs_there_is_no_interval_and_no_test():
+    one = paired_comparison({("0", "a"): 0.9}, {("0", "a"): 0.1})
+    assert one["n"] == 1 and one["mean_diff"] == pytest.approx(0.8) and one["ci95"] is None and one["wilcoxon_p"] is None
+    assert one["verdict"] == "not distinguishable"
+    none = paired_comparison({("0", "a"): 0.9}, {("1", "a"): 0.1})
+    assert none["n"] == 0 and none["mean_diff"] is None and none["verdict"] == "not distinguishable"
+    assert format_diff(none) == "n/a" and format_p(none) == "n/a" and format_diff(one) == "+0.800 (n=1)"
+
+
+def test_table_formats():
+    c = {"n": 24, "mean_diff": 0.0123, "ci95": [-0.004, 0.0271], "wilcoxon_p": 0.00004}
+    assert format_diff(c) == "+0.012 [-0.004, +0.027]" and format_p(c) == "<0.001" and format_p({"wilcoxon_p": 0.0312}) == "0.031"
+
+
+def _entry(per_seed: dict[str, dict[str, float]], pp: bool = False) -> dict:
+    e = {"per_seed": {s: {"per_case_dice": cases} for s, cases in per_seed.items()}}
+    if pp:
+        e["per_seed_postprocessed"] = {s: {"per_case_dice": {c: v + 0.1 for c, v in cases.items()}} for s, cases in per_seed.items()}
+    return e
+
+
+def test_aggregation_pairs_every_entry_with_the_lower_bound():
+    low = {"0": {"a": 0.5, "b": 0.6}, "1": {"a": 0.55, "b": 0.65}}
+    entries = {
+        "lower": _entry(low, pp=True),
+        "upper": _entry({s: {c: v + 0.2 for c, v in cases.items()} for s, cases in low.items()}, pp=True),
+        "m": _entry({"0": {"a": 0.6, "b": 0.7}}),  # one seed only: paired on that seed's cases
+    }
+    upper = add_paired_vs_lower(entries)
+    assert "paired_vs_lower" not in entries["lower"]
+    assert entries["upper"]["paired_vs_lower"] is upper and upper["n"] == 4 and upper["mean_diff"] == pytest.approx(0.2)
+    assert entries["m"]["paired_vs_lower"]["n"] == 2 and entries["m"]["paired_vs_lower"]["mean_diff"] == pytest.approx(0.1)
+    add_paired_vs_lower(entries, "_postprocessed")
+    assert entries["upper"]["paired_vs_lower_postprocessed"]["mean_diff"] == pytest.approx(0.2)
+    assert "paired_vs_lower_postprocessed" not in entries["m"]  # it has no post-processed scores
+    no_lower = {"upper": _entry(low)}
+    assert add_paired_vs_lower(no_lower) is None and no_lower["upper"]["paired_vs_lower"] is None
