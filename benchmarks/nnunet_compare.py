@@ -148,7 +148,9 @@ def nnunet_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from semiseg.networks import build_network
 
     t = time.perf_counter()
-    state = torch.load(spec["model"], map_location="cpu", weights_only=False)
+    from semiseg.networks.model_file import read_model
+
+    state = read_model(spec["model"])
     plan = state["plan"]
     net_cfg = NetworkConfig(**{**state["network"], "deep_supervision": False})
     net = build_network(net_cfg, plan["num_input_channels"], len(plan["labels"])).eval()
@@ -333,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     data = Path(a.data)
     model = find_models(a.model)[0] if a.model else pb.train_tiny_model(data, WORK, 200)
-    plan = torch.load(model, map_location="cpu", weights_only=False)["plan"]
+    from semiseg.networks.model_file import read_plan
+
+    plan = read_plan(model)
     from semiseg.inference.onnx_backend import ensure_onnx
 
     onnx_file = ensure_onnx(model)  # + model_final.plan.json; exported here, not inside a timed run

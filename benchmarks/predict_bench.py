@@ -313,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     note = "" if a.model else f"trained by this script: train_tiny_model, {a.train_iterations} iterations on the 4 labelled cases"
     import torch
 
-    state = torch.load(model, map_location="cpu", weights_only=False)
+    from semiseg.networks.model_file import read_model
+
+    state = read_model(model)
     plan = state["plan"]
     k = len(plan["labels"])
     if any(CONFIGS[n].get("backend") == "onnx" or CONFIGS[n].get("deploy") for n in (a.configs or CONFIGS)):

@@ -128,9 +128,9 @@ def load_postprocess(spec: str | None, model_path: str) -> Any:
         return None
     from semiseg.inference import find_models
     from semiseg.postprocess import Pipeline
-    import torch
+    from semiseg.networks.model_file import read_plan
 
-    labels = torch.load(find_models(model_path)[0], map_location="cpu", weights_only=False)["plan"]["labels"]
+    labels = read_plan(find_models(model_path)[0])["labels"]
     steps = _read_data_file(spec)
     if isinstance(steps, dict):
         steps = steps.get("steps", [])

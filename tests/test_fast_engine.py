@@ -11,6 +11,7 @@ import torch
 from semiseg.config import NetworkConfig, TrainConfig
 from semiseg.engine.threads import child_env, decide_threads, threads_per_process
 from semiseg.engine.trainer import DataSpec, load_model, train
+from semiseg.networks.model_file import read_file
 from semiseg.methods import build_method
 from semiseg.networks import build_network
 from semiseg.run import Run, create_run
@@ -34,7 +35,7 @@ def cfg(**kw) -> TrainConfig:
 
 
 def weights(path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["weights"]
+    return read_file(path)["weights"]
 
 
 def net_cfg(**kw) -> NetworkConfig:

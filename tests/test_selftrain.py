@@ -20,6 +20,7 @@ import torch
 import semiseg.data.io as sio
 import semiseg.engine.trainer as trainer
 import semiseg.selftrain.pipeline as P
+from semiseg.networks.model_file import read_model
 from semiseg.data.dataset import LabelAccessError, RawDataset
 from semiseg.data.sampling import open_cases
 from semiseg.run import Run, create_run
@@ -288,7 +289,7 @@ def test_noisy_student_batches_are_one_labelled_to_three_pseudo(run: Run, monkey
     assert plan.network.features == [2, 4, 8]  # half width
     ft = made[-1]
     assert not ft[2].pseudo and ft[2].labelled == sorted(LABELLED) and ft[0].network.features == [2, 4, 8]
-    assert torch.load(final, weights_only=False)["network"]["features"] == [2, 4, 8]
+    assert read_model(final)["network"]["features"] == [2, 4, 8]
 
 
 def test_an_interrupted_round_resumes_without_redoing_finished_work(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:

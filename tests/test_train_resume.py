@@ -10,6 +10,7 @@ import torch
 
 from semiseg.config import TrainConfig
 from semiseg.engine.trainer import DataSpec, load_model, train
+from semiseg.networks.model_file import read_file
 from semiseg.run import Run, create_run
 from synthetic_data import make_dataset, tiny_overrides
 
@@ -36,7 +37,7 @@ def spec(run: Run) -> DataSpec:
 
 
 def final_weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["weights"]
+    return read_file(path)["weights"]
 
 
 def no_temp_files(folder: Path) -> list[str]:
@@ -59,7 +60,7 @@ def test_resume_gives_same_weights_as_uninterrupted(run, tmp_path, method):
     out = tmp_path / "interrupted"
     ck = train(plan, cfg, sp, out, device="cpu", progress=False, stop_after=3)
     assert ck == out / "checkpoint.pt" and not (out / "model_final.pt").exists()
-    first = torch.load(ck, map_location="cpu", weights_only=False)
+    first = read_file(ck)
     assert first["step"] == 3 and first["wall_time_s"] > 0
     resumed = train(plan, cfg, sp, out, device="cpu", progress=False)
     assert resumed == out / "model_final.pt"

@@ -182,9 +182,9 @@ def _checkpoint_step(folder: Path) -> int:
     ck = folder / "checkpoint.pt"
     if not ck.is_file():
         return 0
-    import torch
+    from semiseg.networks.model_file import read_file
 
-    return int(torch.load(ck, map_location="cpu", weights_only=False).get("step", 0))
+    return int(read_file(ck).get("step", 0))
 
 
 def downsample_history(history: list[dict[str, float]], points: int = CURVE_POINTS) -> dict[str, list[float | None]]:

@@ -19,7 +19,7 @@ from semiseg.data.io import atomic_write_json
 from semiseg.data.sampling import PatchSampler, TrainingBatches, open_cases
 from semiseg.engine import distributed
 from semiseg.methods import Method, StepContext, build_method
-from semiseg.networks import build_network
+from semiseg.networks.model_file import atomic_torch_save, load_model, read_file, read_model, save_model  # noqa: F401 (load_model: re-exported)
 
 EPOCH_LENGTH = 250  # nnU-Net's epoch, used for per-epoch hooks (adaptive weights) and log averages
 
@@ -77,12 +77,6 @@ def _checkpoint_state(method: Method, step: int, history: list[dict[str, float]]
     }
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train(
     plan: Plan,
     cfg: TrainConfig,
@@ -109,8 +103,7 @@ def train(
     torch.manual_seed(cfg.seed)
     method = build_method(plan, cfg)
     if init_weights is not None:
-        state = torch.load(init_weights, map_location="cpu", weights_only=False)
-        method.inference_network().load_state_dict(state["weights"])
+        method.inference_network().load_state_dict(read_model(init_weights)["weights"])
     method.to(dev)
     distributed.broadcast_state(method)  # identical start on every process (init is seeded alike anyway)
     method.enable_amp(dev, cfg.amp, cfg.precision)
@@ -120,7 +113,7 @@ def train(
     start, history, earlier_s = 0, [], 0.0
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        ck = read_file(ckpt_path, dev)
         method.load_state_dict(ck["method"])
         for k, o in method.optimizers.items():
             o.load_state_dict(ck["optimizers"][k])
@@ -161,12 +154,7 @@ def train(
     if end < cfg.iterations:
         distributed.barrier()
         return ckpt_path
-    net = method.inference_network()
-    atomic_torch_save(
-        {"weights": net.state_dict(), "plan": dataclasses.asdict(plan), "network": dataclasses.asdict(_inference_net_cfg(plan, method)),
-         "method": cfg.method, "train_config": dataclasses.asdict(cfg)},
-        final,
-    )
+    save_model(final, method.inference_network(), plan, _inference_net_cfg(plan, method), cfg.method, dataclasses.asdict(cfg))
     session_s = time.time() - t0
     atomic_write_json(out / "log.json", {"history": history, "wall_time_s": earlier_s + session_s,
                                             "wall_time_this_session_s": session_s, "device": str(dev)})
@@ -225,19 +213,3 @@ def plot_curve(history: list[dict[str, float]], path: Path) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Plan]:
-    """A trained network (eval mode) and its plan, from model_final.pt."""
-    from semiseg.config import NetworkConfig
-
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    plan = Plan.from_dict(state["plan"])
-    net_cfg = NetworkConfig(**state["network"])
-    net = build_network(dataclasses.replace(net_cfg, deep_supervision=False), plan.num_input_channels, plan.num_classes)
-    missing = net.load_state_dict(state["weights"], strict=False)
-    bad = [k for k in missing.missing_keys]
-    if bad:
-        raise ValueError(f"{path}: weights do not fit the network ({len(bad)} missing keys, e.g. {bad[:3]})")
-    return net.to(device).eval(), plan
-

@@ -43,7 +43,7 @@ def export_onnx(model_path: str | Path, out_path: str | Path | None = None, opse
     With ``verify`` the file is run once in ONNX Runtime on random windows and compared with torch, so a
     broken export fails here rather than as silently wrong labels later."""
     _require("onnx")
-    from semiseg.engine.trainer import load_model
+    from semiseg.networks.model_file import load_model
 
     net, plan = load_model(model_path, "cpu")
     out = Path(out_path) if out_path is not None else onnx_path_for(model_path)
@@ -79,8 +79,9 @@ def ensure_onnx(model_path: str | Path, onnx_path: str | Path | None = None, ops
     if target.is_file() and (onnx_path is not None or target.stat().st_mtime >= Path(model_path).stat().st_mtime):
         if onnx_path is None and not plan_path_for(target).is_file():
             from semiseg.data.io import atomic_write_json
+            from semiseg.networks.model_file import read_plan
 
-            atomic_write_json(plan_path_for(target), torch.load(model_path, map_location="cpu", weights_only=False)["plan"])
+            atomic_write_json(plan_path_for(target), read_plan(model_path))
         return target
     if onnx_path is not None:
         raise FileNotFoundError(f"{target}: ONNX file not found")

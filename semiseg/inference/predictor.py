@@ -125,7 +125,8 @@ class Predictor:
 
     def __init__(self, models: Sequence[str | Path], config: PredictorConfig | None = None,
                  postprocess: Callable[[np.ndarray, Sequence[float]], np.ndarray] | None = None):
-        from semiseg.engine.trainer import load_model, pick_device
+        from semiseg.engine.trainer import pick_device
+        from semiseg.networks.model_file import load_model
 
         self.cfg = config or PredictorConfig()
         # with ONNX Runtime the torch side (windows, accumulators) stays on the CPU; the session picks its provider
