@@ -18,7 +18,7 @@ T = TypeVar("T")
 class NetworkConfig:
     """Topology of the segmentation network; ``arch`` picks the family."""
 
-    arch: str = "unet"  # unet (nnU-Net-style DynUNet) | res_unet (CPU tier: strided first stage) | vnet | light_unet
+    arch: str = "unet"  # unet (nnU-Net-style DynUNet) | res_unet (CPU tier: strided first stage) | vnet | light_unet | light_res_unet (DLUNet's light net laid out as res_unet)
     features: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 320])
     kernels: list[list[int]] = field(default_factory=list)  # per stage, (z, y, x)
     strides: list[list[int]] = field(default_factory=list)  # per stage, first is [1, 1, 1]

@@ -54,11 +54,12 @@ def test_res_unet_is_chosen_in_the_plan_and_keeps_full_resolution_logits(run):
 
 
 HEADS = {"unet": lambda n: n.net.output_block, "res_unet": lambda n: n.net.model[-1], "vnet": lambda n: n.head,
-         "light_unet": lambda n: n.head}
+         "light_unet": lambda n: n.head, "light_res_unet": lambda n: n.head}
 
 
 @pytest.mark.parametrize("arch, placement", [("unet", "auto"), ("unet", "bottleneck"), ("res_unet", "auto"),
-                                             ("res_unet", "bottleneck"), ("vnet", "auto"), ("light_unet", "auto")])
+                                             ("res_unet", "bottleneck"), ("vnet", "auto"), ("light_unet", "auto"),
+                                             ("light_res_unet", "auto")])
 def test_logits_are_never_dropped(arch, placement):
     """With dropout on, the logits are a deterministic function of the head's input: nothing in or after it drops."""
     torch.manual_seed(0)
@@ -84,6 +85,22 @@ def test_res_unet_bottleneck_dropout_is_stochastic_only_in_train_mode():
     assert torch.equal(net(x), net(x))
     plain = build_network(net_cfg(), 1, 2).train()
     assert not any(isinstance(m, torch.nn.Dropout3d) for m in plain.modules())
+
+
+def test_dlunet_light_net_can_follow_the_cpu_tier_layout():
+    """light_res_unet: DLUNet's depthwise-separable net off full resolution (its first stage strided, as res_unet)."""
+    from semiseg.config import Plan
+
+    plan = Plan(dataset_name="t", modality="MRI", num_input_channels=1, labels={"background": 0, "a": 1}, target_spacing=[1.0] * 3,
+                patch_size=[8, 32, 32], network=net_cfg())
+    method = build_method(plan, cfg(method="dlunet", method_params={"light_arch": "light_res_unet"}))
+    kept = method.inference_network()
+    assert type(kept).__name__ == "LightUNet" and method.inference_network_overrides == {"arch": "light_res_unet"}
+    first = next(m for m in kept.modules() if isinstance(m, torch.nn.Conv3d))
+    assert first.stride == (2, 2, 2) and first.groups == 1 == first.in_channels  # depthwise on the one input channel
+    assert kept(torch.randn(2, 1, 8, 32, 32)).shape == (2, 2, 8, 32, 32)
+    with pytest.raises(ValueError, match="light_arch must be one of"):
+        build_method(plan, cfg(method="dlunet", method_params={"light_arch": "vnet"}))
 
 
 def test_res_unet_refuses_what_it_cannot_do():

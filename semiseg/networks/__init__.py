@@ -38,8 +38,8 @@ def build_network(cfg: NetworkConfig, in_channels: int, num_classes: int, **over
         from semiseg.networks.vnet import VNet
 
         return VNet(cfg, in_channels, num_classes)
-    if cfg.arch == "light_unet":
+    if cfg.arch in ("light_unet", "light_res_unet"):
         from semiseg.networks.light_unet import LightUNet
 
-        return LightUNet(cfg, in_channels, num_classes)
-    raise ValueError(f"unknown network arch '{cfg.arch}' (choose unet, res_unet, vnet, light_unet)")
+        return LightUNet(cfg, in_channels, num_classes, strided_first=cfg.arch == "light_res_unet")
+    raise ValueError(f"unknown network arch '{cfg.arch}' (choose unet, res_unet, vnet, light_unet, light_res_unet)")

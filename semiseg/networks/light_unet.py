@@ -6,6 +6,12 @@ two things: every conv becomes depthwise (k x k x k, groups = C) + pointwise (1x
 parameters ~k^3-fold, and every conv layer, encoder and decoder alike, gets a residual shortcut
 (identity, or a strided 1x1x1 conv + norm where width or resolution changes).
 ``cfg.dropout > 0`` adds channel dropout on the bottleneck features (train mode only).
+
+``strided_first`` (arch ``light_res_unet``) lays the stages out as the CPU-tier ``res_unet`` does: every
+stage's first conv strides by the next stage's stride, the last stage by 1, and a transposed conv brings
+the finest decoder output back to full resolution before the head. Depthwise 3D convs are slow on CPU
+(measured: slower than a full conv of the same width), so at full resolution they cost DLUNet ~60x a
+supervised res_unet step; off full resolution the light net keeps its parameter count and gets cheap.
 """
 from __future__ import annotations
 
@@ -52,7 +58,7 @@ class LightUNet(nn.Module):
     """Light U-Net returning logits (B, K, Z, Y, X); with deep supervision in train mode, a list
     (full resolution first, then coarser heads resized to full size, as :class:`UNet` does)."""
 
-    def __init__(self, cfg: NetworkConfig, in_channels: int, num_classes: int):
+    def __init__(self, cfg: NetworkConfig, in_channels: int, num_classes: int, strided_first: bool = False):
         super().__init__()
         features = list(cfg.features)
         kernels, strides = cfg.kernels, cfg.strides
@@ -60,19 +66,24 @@ class LightUNet(nn.Module):
         kernels, strides = kernels or default_kernels, strides or default_strides
         if not (len(kernels) == len(strides) == len(features)):
             raise ValueError("network.features, network.kernels and network.strides must have one entry per stage")
-        self.strides = [list(s) for s in strides]
+        stage_strides = [list(s) for s in strides[1:]] + [[1, 1, 1]] if strided_first else [list(s) for s in strides]
+        self.strides = stage_strides
         self.encoder = nn.ModuleList()
         prev = in_channels
-        for width, kernel, stride in zip(features, kernels, strides):
+        for width, kernel, stride in zip(features, kernels, stage_strides):
             self.encoder.append(light_stage(prev, width, kernel, stride))
             prev = width
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for level in reversed(range(len(features) - 1)):
-            stride = strides[level + 1]
+            stride = stage_strides[level + 1]
             self.up.append(nn.ConvTranspose3d(features[level + 1], features[level], stride, stride=stride, bias=False))
             self.decoder.append(light_stage(2 * features[level], features[level], kernels[level], [1, 1, 1]))
         self.dropout = nn.Dropout3d(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        first = stage_strides[0]
+        self.final_up: nn.Module = nn.Identity() if not strided_first else nn.Sequential(
+            nn.ConvTranspose3d(features[0], features[0], first, stride=first, bias=False),
+            nn.InstanceNorm3d(features[0], affine=True), nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True))
         self.head = nn.Conv3d(features[0], num_classes, 1)
         self.deep_supervision = cfg.deep_supervision
         num_aux = max(1, min(2, len(features) - 2)) if cfg.deep_supervision else 0  # as UNet
@@ -91,7 +102,7 @@ class LightUNet(nn.Module):
             skip = skips.pop()
             x = stage(torch.cat([up(x), skip], dim=1))
             decoded[len(skips)] = x
-        out = self.head(x)
+        out = self.head(self.final_up(x))
         if not (self.deep_supervision and self.training):
             return out
         aux = [F.interpolate(head(decoded[level]), size=size) for level, head in enumerate(self.aux_heads, start=1)]
