@@ -5,6 +5,8 @@
 - ``semiseg.losses.lovasz``: multi-class Lovasz-Softmax.
 - ``semiseg.losses.robust``: DLUNet's noise-robust Dice and Taylor cross-entropy.
 - :func:`soft_dice` differentiable soft Dice over probabilities (used by consistency methods).
+- :func:`masked_dice_ce` Dice + CE on a region of the voxels only (BCP's mixed images: labels in one region,
+  pseudo-labels in the other, each region its own weight).
 """
 from __future__ import annotations
 
@@ -49,3 +51,13 @@ def dice_ce(output: torch.Tensor | Sequence[torch.Tensor], label: torch.Tensor) 
         lab = label if out.shape[2:] == label.shape[2:] else F.interpolate(label.float(), size=out.shape[2:], mode="nearest").long()
         loss = loss + (w / total) * _dice_ce_single(out, lab)
     return loss
+
+
+def masked_dice_ce(logits: torch.Tensor, label: torch.Tensor, region: torch.Tensor, eps: float = 1e-16) -> torch.Tensor:
+    """Dice + CE over the voxels where ``region`` (bool or 0/1, broadcastable to (B, 1, Z, Y, X)) holds: CE averaged
+    over those voxels, soft Dice (background excluded) of the probabilities and one-hot target masked alike."""
+    target = label[:, 0].long() if label.ndim == logits.ndim else label.long()
+    w = region.to(logits.device).float().expand(target.shape[0], 1, *target.shape[1:])
+    ce = (F.cross_entropy(logits.float(), target, reduction="none") * w[:, 0]).sum() / (w.sum() + eps)
+    dice = soft_dice(torch.softmax(logits.float(), 1) * w, one_hot(target, logits.shape[1]) * w)
+    return ce + dice

@@ -9,7 +9,7 @@ from torch import nn
 from semiseg.config import Plan, TrainConfig
 from semiseg.methods.base import METHODS, Method, StepContext, register
 
-_MODULES = ["semiseg.methods.supervised", "semiseg.methods.mean_teacher", "semiseg.methods.cps", "semiseg.methods.mpl"]
+_MODULES = ["semiseg.methods.supervised", "semiseg.methods.mean_teacher", "semiseg.methods.cps", "semiseg.methods.mpl", "semiseg.methods.bcp"]
 
 
 def get_method(name: str) -> type[Method]:
