@@ -9,7 +9,8 @@ from torch import nn
 from semiseg.config import Plan, TrainConfig
 from semiseg.methods.base import METHODS, Method, StepContext, register
 
-_MODULES = ["semiseg.methods.supervised", "semiseg.methods.mean_teacher", "semiseg.methods.cps", "semiseg.methods.mpl", "semiseg.methods.bcp"]
+_MODULES = ["semiseg.methods.supervised", "semiseg.methods.mean_teacher", "semiseg.methods.cps", "semiseg.methods.mpl", "semiseg.methods.bcp",
+            "semiseg.methods.unimatch"]
 
 
 def get_method(name: str) -> type[Method]:

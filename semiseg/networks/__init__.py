@@ -43,3 +43,21 @@ def build_network(cfg: NetworkConfig, in_channels: int, num_classes: int, **over
 
         return LightUNet(cfg, in_channels, num_classes, strided_first=cfg.arch == "light_res_unet")
     raise ValueError(f"unknown network arch '{cfg.arch}' (choose unet, res_unet, vnet, light_unet, light_res_unet)")
+
+
+def bottleneck_of(net: nn.Module) -> nn.Module:
+    """The module whose output is a network's deepest features (for feature perturbation and MC dropout)."""
+    from semiseg.networks.light_unet import LightUNet
+    from semiseg.networks.res_unet import ResUNet, bottom_unit
+    from semiseg.networks.unet import UNet
+    from semiseg.networks.vnet import VNet
+
+    if isinstance(net, UNet):
+        return net.net.bottleneck
+    if isinstance(net, ResUNet):
+        return bottom_unit(net.net.model)
+    if isinstance(net, VNet):
+        return net.bottleneck
+    if isinstance(net, LightUNet):
+        return net.encoder[-1]
+    raise ValueError(f"no known bottleneck in a {type(net).__name__}")

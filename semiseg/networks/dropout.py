@@ -6,6 +6,8 @@ channel dropout after the bottleneck and before the last stage) is available on 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -36,3 +38,14 @@ class BottleneckDropout(nn.Module):
 
     def _drop_input(self, module: nn.Module, args: tuple) -> tuple:
         return (self.drop(args[0]), *args[1:])
+
+
+@contextmanager
+def feature_dropout(module: nn.Module, p: float):
+    """Within the block, channel dropout (always on) on ``module``'s output: UniMatch's feature-perturbed pass on the
+    bottleneck (see ``semiseg.networks.bottleneck_of``). The hook is removed on leaving."""
+    handle = module.register_forward_hook(lambda m, a, out: torch.nn.functional.dropout3d(out, p, training=True))
+    try:
+        yield
+    finally:
+        handle.remove()

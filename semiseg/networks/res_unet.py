@@ -25,7 +25,7 @@ from semiseg.networks.unet import default_topology
 NUM_RES_UNITS = 1
 
 
-def _bottom_unit(model: nn.Sequential) -> nn.Module:
+def bottom_unit(model: nn.Sequential) -> nn.Module:
     """The innermost (bottleneck) unit of a MONAI UNet: Sequential(down, SkipConnection(inner), up) nests."""
     node: nn.Module = model
     while isinstance(node, nn.Sequential) and len(node) == 3 and isinstance(node[1], SkipConnection):
@@ -54,7 +54,7 @@ class ResUNet(nn.Module):
         top = self.net.model[-1]
         remove_dropout(top)
         # UA-MT's placement: channel dropout on the bottleneck's output and on the top stage's input features
-        self.drop = (BottleneckDropout(cfg.dropout, _bottom_unit(self.net.model), top)
+        self.drop = (BottleneckDropout(cfg.dropout, bottom_unit(self.net.model), top)
                      if cfg.dropout > 0 and placement == "bottleneck" else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
