@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--fold", default="all", help="0..k-1 or 'all'")
     p.add_argument("--k", type=int, default=5, help="number of folds")
-    p.add_argument("--method", default=None, help="supervised | mean-teacher | ua-mt | cps | dlunet | mpl | bcp | unimatch")
+    p.add_argument("--method", default=None, help="supervised | mean-teacher | ua-mt | cps | dlunet | mpl | bcp | unimatch | ad-mt")
     p.add_argument("--config", default=None, help="TrainConfig as JSON/YAML")
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help=f"x{EPOCH} iterations")

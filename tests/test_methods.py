@@ -69,12 +69,13 @@ CTX = StepContext(step=5, total_steps=100, device=torch.device("cpu"))
 
 
 @pytest.mark.parametrize("name, params", [("mean-teacher", {}), ("ua-mt", {}), ("cps", {}), ("dlunet", {}), ("mpl", {}),
-                                          ("bcp", {"pretrain": 0.0}), ("unimatch", {"threshold": 0.0})])
+                                          ("bcp", {"pretrain": 0.0}), ("unimatch", {"threshold": 0.0}),
+                                          ("ad-mt", {"threshold": 0.0})])
 def test_one_step_finite_changes_weights_reads_no_unlabelled_labels(name, params):
     get_method("supervised")  # imports every method module
     assert name in METHODS
     m = build(name, params)
-    nets = [mod for key, mod in m.named_children() if key in ("student", "net", "net1", "net2", "teacher")]
+    nets = [mod for key, mod in m.named_children() if key in ("student", "net", "net1", "net2", "teacher", "teacher1")]
     assert nets
     before = [snapshot(n) for n in nets]
     metrics = m.training_step(make_batch(), CTX)

@@ -30,7 +30,9 @@ def test_pseudo_labels_come_from_the_weak_view_alone(monkeypatch):
         return real(logits, threshold)
 
     monkeypatch.setattr(um, "weak_pseudo_labels", spy)
-    monkeypatch.setattr(um, "strong_view", lambda x: torch.full_like(x, 1e3))  # absurd strong views
+    from semiseg.data import strong_views
+
+    monkeypatch.setattr(strong_views, "strong_view", lambda x: torch.full_like(x, 1e3))  # absurd strong views
     batch = make_batch()
     image, u = dict.__getitem__(batch, "image"), dict.__getitem__(batch, "u_image")
     with torch.no_grad():

@@ -7,8 +7,12 @@ engine seeds with (seed, rank, step), so a view is a function of the step like e
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
+
+from semiseg.data.cutmix import box_mask, cutmix
 
 # (probability, range) per perturbation: brightness and contrast factors, gamma, noise std (in units of the
 # sample's std), blur sigma in voxels; UniMatch's colour jitter and blur, in 3D grey levels
@@ -64,3 +68,12 @@ def strong_view(x: torch.Tensor) -> torch.Tensor:
     for i in torch.nonzero(on).flatten().tolist():
         out[i] = _blur(out[i], float(sig[i]))
     return out
+
+
+def mixed_strong_view(u: torch.Tensor, targets: Sequence[torch.Tensor], ratio: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A strong view of ``u`` with one box pasted from the next sample's strong view (CutMix), and the weak view's
+    targets (pseudo-labels, confidence masks, ...) mixed with the same box, so each voxel keeps its target."""
+    partner = torch.roll(torch.arange(u.shape[0], device=u.device), -1)
+    box = box_mask(u.shape[2:], ratio, device=u.device)
+    s = strong_view(u)
+    return cutmix(s[partner], s, box), [cutmix(t[partner], t, box) for t in targets]

@@ -10,7 +10,7 @@ from semiseg.config import Plan, TrainConfig
 from semiseg.methods.base import METHODS, Method, StepContext, register
 
 _MODULES = ["semiseg.methods.supervised", "semiseg.methods.mean_teacher", "semiseg.methods.cps", "semiseg.methods.mpl", "semiseg.methods.bcp",
-            "semiseg.methods.unimatch"]
+            "semiseg.methods.unimatch", "semiseg.methods.admt"]
 
 
 def get_method(name: str) -> type[Method]:

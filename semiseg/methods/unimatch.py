@@ -18,8 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from semiseg.data.cutmix import box_mask, cutmix
-from semiseg.data.strong_views import strong_view
+from semiseg.data import strong_views
 from semiseg.losses import dice_ce, masked_dice_ce
 from semiseg.methods.base import Method, StepContext, register
 from semiseg.networks import bottleneck_of, main_output
@@ -54,13 +53,6 @@ class UniMatch(Method):
         self.net = make_net()
         self.optimizers["net"] = self.sgd(self.net)
 
-    def strong_pair(self, u: torch.Tensor, y: torch.Tensor, ok: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """A strong view of ``u`` with a box pasted from the next sample's strong view, and its targets mixed alike."""
-        partner = torch.roll(torch.arange(u.shape[0], device=u.device), -1)
-        box = box_mask(u.shape[2:], self.params["cutmix_ratio"], device=u.device)
-        s = strong_view(u)
-        return cutmix(s[partner], s, box), cutmix(y[partner], y, box), cutmix(ok[partner], ok, box)
-
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         image, label, u = batch["image"], batch["label"], batch["u_image"]
         n, nu = image.shape[0], u.shape[0]
@@ -69,7 +61,8 @@ class UniMatch(Method):
             out = main_output(self.net(torch.cat([image, u])))
         out_l, out_w = out[:n], out[n:]
         y, ok = weak_pseudo_labels(out_w, p["threshold"])  # the weak view alone; no gradient through them
-        (s1, y1, ok1), (s2, y2, ok2) = self.strong_pair(u, y, ok), self.strong_pair(u, y, ok)
+        s1, (y1, ok1) = strong_views.mixed_strong_view(u, (y, ok), p["cutmix_ratio"])
+        s2, (y2, ok2) = strong_views.mixed_strong_view(u, (y, ok), p["cutmix_ratio"])
         with self.autocast(ctx.device):
             out_s = main_output(self.net(torch.cat([s1, s2])))
             with feature_dropout(bottleneck_of(self.net), p["fp_dropout"]):
