@@ -354,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     def save() -> None:
+        from semiseg.benchmark.results import portable_paths  # results files name no directory of this machine
+
+        doc = portable_paths(doc)
         (out / "nnunet_compare.json").write_text(json.dumps(doc, indent=2))
         (out / "nnunet_compare.md").write_text(markdown(doc))
 

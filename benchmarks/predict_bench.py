@@ -333,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
+        from semiseg.benchmark.results import portable_paths  # results files name no directory of this machine
+
+        doc = portable_paths(doc)
         (out / "predict_bench.json").write_text(json.dumps(doc, indent=2))
         (out / "predict_bench.md").write_text(markdown(doc))
 

@@ -108,3 +108,42 @@ def test_a_config_extends_another_field_by_field(tmp_path):
     child.write_text(yaml.safe_dump({"extends": "nope.yaml", "name": "child"}))
     with pytest.raises(ConfigError, match=r"extends nope\.yaml: .*nope\.yaml not found"):
         load_config(child)
+
+
+def test_an_entry_is_also_judged_against_its_own_supervised_baseline(tmp_path):
+    """DLUNet's light net gets its own supervised baseline (same network), named in the config and paired in the results."""
+    from semiseg.benchmark.config import ConfigError, config_from_dict
+    from semiseg.benchmark.results import add_paired_vs_baseline
+
+    data = make_dataset(tmp_path / "raw", ["l0", "l1"], ["u0"], ["t0"], shape=(8, 36, 36))
+    raw = {"name": "tiny_base", "dataset": str(data), "split": {"labelled": ["l0"], "unlabelled": ["l1", "u0"], "test": ["t0"]},
+           "plan": {"overrides": tiny_overrides([8, 32, 32])}, "budget": {"iterations": 2}, "seeds": [0],
+           "methods": [{"name": "supervised-light", "method": "supervised", "params": {"network": {"arch": "light_unet"}}},
+                       {"method": "dlunet", "baseline": "supervised-light"}]}
+    cfg = config_from_dict(raw)
+    assert [m.baseline for m in cfg.methods] == ["lower", "supervised-light"]
+    with pytest.raises(ConfigError, match="baseline 'nope' is not a supervised entry"):
+        config_from_dict({**raw, "methods": [{"method": "dlunet", "baseline": "nope"}]})
+    with pytest.raises(ConfigError, match="params.network must map NetworkConfig fields"):
+        config_from_dict({**raw, "methods": [{"name": "s", "method": "supervised", "params": {"network": {"archh": "vnet"}}}]})
+    per_seed = lambda d: {"0": {"per_case_dice": d}}  # noqa: E731
+    entries = {"lower": {"per_seed": per_seed({"a": 0.5, "b": 0.6, "c": 0.7})},
+               "supervised-light": {"per_seed": per_seed({"a": 0.3, "b": 0.4, "c": 0.5})},
+               "dlunet": {"per_seed": per_seed({"a": 0.4, "b": 0.5, "c": 0.6})}}
+    add_paired_vs_baseline(entries, {m.name: m.baseline for m in cfg.methods})
+    own = entries["dlunet"]["paired_vs_baseline"]
+    assert own["baseline"] == "supervised-light" and own["n"] == 3 and own["mean_diff"] == pytest.approx(0.1)
+    assert "paired_vs_baseline" not in entries["supervised-light"]  # judged against the lower bound only
+
+
+def test_supervised_trains_the_network_its_params_name():
+    from semiseg.config import Plan, TrainConfig
+    from semiseg.methods import build_method
+
+    plan = Plan(dataset_name="t", modality="MRI", num_input_channels=1, labels={"background": 0, "a": 1}, target_spacing=[1.0] * 3,
+                patch_size=[8, 32, 32])
+    plan.network.features, plan.network.strides = [4, 8, 16], [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+    plan.network.kernels = [[3, 3, 3]] * 3
+    m = build_method(plan, TrainConfig(method="supervised", method_params={"network": {"arch": "light_res_unet"}}))
+    assert type(m.net).__name__ == "LightUNet" and m.inference_network_overrides == {"arch": "light_res_unet"}
+    assert type(build_method(plan, TrainConfig()).net).__name__ == "UNet"

@@ -84,6 +84,9 @@ class MethodSpec:
     name: str
     method: str
     params: dict[str, Any] = field(default_factory=dict)
+    # the supervised entry this one is judged against beside the lower bound (same network and regularisation,
+    # e.g. DLUNet's light net): its paired comparison is in the results as paired_vs_baseline
+    baseline: str = LOWER
 
     @property
     def role(self) -> str:
@@ -238,6 +241,10 @@ def _methods(raw: Any, where: str) -> list[MethodSpec]:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(f"{where}: duplicate entry name(s) {dup}; give each a distinct 'name'")
+    supervised = {LOWER, *(m.name for m in out if m.method == "supervised")}
+    for i, m in enumerate(out):
+        if m.baseline not in supervised:
+            raise ConfigError(f"{where}[{i}]: baseline '{m.baseline}' is not a supervised entry (choose from {sorted(supervised)})")
     return out
 
 

@@ -281,7 +281,7 @@ def _summary_table(doc: Mapping[str, Any]) -> str:
     """Narrow tables (accuracy, paired with the lower bound, after post-processing, cost) rather than one wider than the page."""
     pp = any("foreground_postprocessed" in e for e in doc["entries"].values())
     acc_head = ["entry", "seeds", "Dice (mean ± sd)", "gap closure (of means)", "gap closure (per seed)", "IoU", "NSD", "HD95 mm", "ASD mm"]
-    paired_head = ["entry", "pairs", "Δ Dice vs lower [95% CI]", "p (Wilcoxon)", "verdict"]
+    paired_head = ["entry", "pairs", "Δ Dice vs lower [95% CI]", "p (Wilcoxon)", "verdict", "Δ Dice vs own baseline [95% CI]"]
     pp_head = ["entry", "Dice", "gap closure (of means)", "gap closure (per seed)", "Δ Dice vs lower [95% CI]", "p (Wilcoxon)", "NSD", "HD95 mm"]
     cost_head = ["entry", "method and parameters", "train s", "s/step", "peak RSS MB"]
     acc, paired, post, cost = [], [], [], []
@@ -295,7 +295,9 @@ def _summary_table(doc: Mapping[str, Any]) -> str:
                            _pm(fg["IoU"]), _pm(fg["NSD"]), _pm(fg["HD95"], 2), _pm(fg["ASD"], 2)]))
         pv = e.get("paired_vs_lower")
         none = name == LOWER or pv is None
-        paired.append((name, [name, "-" if none else str(pv["n"]), *_paired_cells(name, pv), "-" if none else pv["verdict"]]))
+        own = e.get("paired_vs_baseline")
+        paired.append((name, [name, "-" if none else str(pv["n"]), *_paired_cells(name, pv), "-" if none else pv["verdict"],
+                              "-" if own is None else f"{own['baseline']}: {format_diff(own)}, p {format_p(own)}"]))
         if pp:
             fp = e.get("foreground_postprocessed") or {}
             gpp = e.get("gap_closure_postprocessed") or {}

@@ -223,6 +223,15 @@ def add_paired_vs_lower(entries: dict[str, dict[str, Any]], suffix: str = "") ->
     return entries.get(UPPER, {}).get(out)
 
 
+def add_paired_vs_baseline(entries: dict[str, dict[str, Any]], baselines: Mapping[str, str], suffix: str = "") -> None:
+    """``paired_vs_baseline<suffix>`` of every entry judged against a supervised entry other than the lower bound."""
+    for name, base in baselines.items():
+        e, b = entries.get(name), entries.get(base)
+        if base != LOWER and e is not None and b is not None and "per_seed" + suffix in e and "per_seed" + suffix in b:
+            e["paired_vs_baseline" + suffix] = {"baseline": base, **paired_comparison(_case_dice_by_pair(e, suffix),
+                                                                                      _case_dice_by_pair(b, suffix), base)}
+
+
 def aggregate(cfg: BenchmarkConfig, pieces: Sequence[Mapping[str, Any]], skipped: Sequence[Mapping[str, Any]] = (),
               stale: Sequence[str] = (), command: Sequence[str] | None = None, device: str | None = None) -> dict[str, Any]:
     """The results document of a benchmark from its finished pieces."""
@@ -240,6 +249,10 @@ def aggregate(cfg: BenchmarkConfig, pieces: Sequence[Mapping[str, Any]], skipped
     gap_pp = add_gap_closure(entries, "_postprocessed") if cfg.postprocess else None
     if gap_pp is not None:
         gap_pp["paired"] = add_paired_vs_lower(entries, "_postprocessed")
+    baselines = {m.name: m.baseline for m in cfg.methods}
+    add_paired_vs_baseline(entries, baselines)
+    if cfg.postprocess:
+        add_paired_vs_baseline(entries, baselines, "_postprocessed")
     expected = {(e, s) for e in order for s in cfg.seeds}
     done = {(p["entry"], int(p["seed"])) for p in pieces}
     plans = {json.dumps(p["key"]["plan"], sort_keys=True) for p in pieces}

@@ -54,6 +54,7 @@ class EngineRunner:
             unknown = sorted(set(params) - set(defaults) - ENGINE_PARAMS)
             if unknown:
                 raise ValueError(f"method '{method}': unknown params {unknown} (known: {sorted(defaults)})")
+        get_method(method).check_params(params)
 
     def prepare(self, run: Run, cfg: TrainConfig, progress: bool) -> None:
         from semiseg.methods import get_method

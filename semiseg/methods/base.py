@@ -125,6 +125,10 @@ class Method(nn.Module):
         s = norm(sup)
         return {name: norm(unsup) / s if s > 0 else float("inf")}
 
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Refuse bad parameter values before any training starts (the benchmark checks every entry at load)."""
+
     # -- the contract -------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         raise NotImplementedError

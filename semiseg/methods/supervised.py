@@ -1,23 +1,43 @@
 """Plain supervised training (the lower and upper bounds of every comparison, and the fold models)."""
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 from torch import nn
 
+from semiseg.config import NetworkConfig
 from semiseg.losses import dice_ce
 from semiseg.methods.base import Method, StepContext, register
 
 
 @register
 class Supervised(Method):
-    """Dice + CE on labelled (and pseudo-labelled) patches. No params."""
+    """Dice + CE on labelled (and pseudo-labelled) patches.
+
+    params: network {} (NetworkConfig fields replacing the plan's, e.g. {arch: light_res_unet} or {dropout: 0.5,
+    dropout_at: bottleneck}): the supervised baseline of a method that trains another network or regularisation,
+    so that "method - baseline" measures the unlabelled data, not the architecture."""
 
     name = "supervised"
+    defaults: dict[str, Any] = {"network": {}}
 
     def __init__(self, make_net, num_classes, params, train_cfg):
-        super().__init__(make_net, num_classes, params, train_cfg)
-        self.net = make_net()
+        super().__init__(make_net, num_classes, {**self.defaults, **params}, train_cfg)
+        self.check_params(self.params)
+        network = self.params["network"]
+        self.net = make_net(**network)
         self.optimizers["net"] = self.sgd(self.net)
+        self.inference_network_overrides = dict(network)  # the kept network's NetworkConfig fields
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        network = params.get("network", {})
+        known = {f.name for f in dataclasses.fields(NetworkConfig)}
+        if not isinstance(network, dict) or set(network) - known:
+            bad = sorted(set(network) - known) if isinstance(network, dict) else network
+            raise ValueError(f"supervised: params.network must map NetworkConfig fields ({', '.join(sorted(known))}); got {bad}")
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         with self.autocast(ctx.device):
