@@ -60,7 +60,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
     from semiseg.data.dataset import RawDataset
     from semiseg.data.validate import format_problems, validate_dataset
 
-    ds = RawDataset.open(a.dataset, a.split)
+    ds = RawDataset.open(a.dataset, a.split, check=False)  # every problem at once, split problems included
     problems = validate_dataset(ds, progress=not a.quiet)
     print(format_problems(ds.root, problems))
     return 1 if problems else 0
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-patch-voxels", type=int, default=128**3)
     p.add_argument("--base-features", type=int, default=32, help="16 for the half-width network")
     p.add_argument("--max-features", type=int, default=320)
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override any plan field, e.g. network.features=[8,16,32]")
+    p.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE", help="override any plan field, e.g. network.features=[8,16,32]")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("preprocess", help="fill RUN/cache (resumable)")
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help=f"x{EPOCH} iterations")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override TrainConfig fields, e.g. method_params.lambda=1.0")
+    p.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE", help="override TrainConfig fields, e.g. method_params.lambda=1.0")
     p.add_argument("--name", default=None, help="model folder name (default: the method)")
     p.add_argument("--device", default=None)
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")

@@ -70,11 +70,17 @@ class Run:
     def folds(self, k: int = 5, seed: int = 12345) -> list[dict[str, list[str]]]:
         """k-fold split of the labelled cases, created once and then read from splits_final.json."""
         path = self.root / "splits_final.json"
+        cases = sorted(self.dataset().labelled)
         if path.is_file():
             splits = json.loads(path.read_text())
             if len(splits) == k:
+                stored = sorted(c for s in splits for c in s["val"])
+                if stored != cases:  # the split changed since: these folds would train on cases no longer labelled
+                    gone, new = sorted(set(stored) - set(cases)), sorted(set(cases) - set(stored))
+                    raise ValueError(f"{path}: these folds were made for other labelled cases than the split's now "
+                                     f"(no longer labelled: {gone[:5] or 'none'}; newly labelled: {new[:5] or 'none'}); "
+                                     "delete the file (and the fold models trained on it) to derive new folds")
                 return splits
-        cases = sorted(self.dataset().labelled)
         if len(cases) < k:
             raise ValueError(f"{len(cases)} labelled cases cannot make {k} folds")
         order = np.random.default_rng(seed).permutation(len(cases))
@@ -87,6 +93,8 @@ class Run:
     def training_cases(self, fold: str | int, k: int = 5) -> tuple[list[str], list[str]]:
         if str(fold) == "all":
             return sorted(self.dataset().labelled), []
+        if not str(fold).isdigit() or not 0 <= int(fold) < k:
+            raise ValueError(f"fold {fold!r}: choose 0..{k - 1} (k = {k}) or 'all'")
         s = self.folds(k)[int(fold)]
         return s["train"], s["val"]
 

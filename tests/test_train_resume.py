@@ -145,3 +145,40 @@ def test_folds_deterministic_disjoint_cover_labelled_only(run):
 def test_folds_need_enough_cases(run):
     with pytest.raises(ValueError, match="cannot make 7 folds"):
         run.folds(k=7)
+
+
+def test_a_finished_or_interrupted_run_refuses_other_settings(run, tmp_path):
+    plan, sp = run.plan, spec(run)
+    out = tmp_path / "m"
+    train(plan, config(), sp, out, device="cpu", progress=False, stop_after=2)  # interrupted
+    with pytest.raises(ValueError, match=r"holds a training with other settings \(seed: 7 -> 8\)"):
+        train(plan, TrainConfig(**{**config().__dict__, "seed": 8}), sp, out, device="cpu", progress=False)
+    final = train(plan, config(), sp, out, device="cpu", progress=False)  # same settings: resumes and finishes
+    with pytest.raises(ValueError, match=r"iterations: 6 -> 9"):
+        train(plan, TrainConfig(**{**config().__dict__, "iterations": 9}), sp, out, device="cpu", progress=False)
+    assert train(plan, TrainConfig(**{**config().__dict__, "num_workers": 1}), sp, out, device="cpu", progress=False) == final
+    again = train(plan, TrainConfig(**{**config().__dict__, "seed": 8}), sp, out, device="cpu", progress=False, resume=False)
+    assert again == final and json.loads((out / "train_config.json").read_text())["seed"] == 8  # --no-resume starts over
+
+
+def test_stale_folds_and_bad_fold_numbers_are_refused(run, tmp_path):
+    import shutil
+
+    copy = Run(tmp_path / "run")
+    shutil.copytree(run.root, copy.root, ignore=shutil.ignore_patterns("cache"))
+    copy.folds(3)
+    source = json.loads((copy.root / "source.json").read_text())
+    split = {"labelled": LABELLED[:-1], "unlabelled": UNLABELLED, "test": [LABELLED[-1]]}  # a case moved to test
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    (copy.root / "source.json").write_text(json.dumps({**source, "split": str(tmp_path / "split.json")}))
+    with pytest.raises(ValueError, match=r"splits_final\.json: these folds were made for other labelled cases .*no longer labelled: \['l5'\]"):
+        copy.training_cases(0, k=3)
+    with pytest.raises(ValueError, match=r"fold 9: choose 0\.\.2"):
+        run.training_cases(9, k=3)
+
+
+def test_repeated_set_flags_accumulate():
+    from semiseg.cli import build_parser
+
+    a = build_parser().parse_args(["train", "RUN", "--fold", "all", "--set", "lr=0.1", "--set", "seed=3"])
+    assert a.set == ["lr=0.1", "seed=3"]

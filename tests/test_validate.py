@@ -3,6 +3,7 @@ unlabelled/test cases are never opened; RawDataset refuses to hand them out."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ def lab_path(root: Path, case: str) -> Path:
 
 
 def problems_of(root: Path) -> list[str]:
-    return validate_dataset(RawDataset.open(root), progress=False)
+    return validate_dataset(RawDataset.open(root, check=False), progress=False)  # as `semiseg validate` opens it
 
 
 def only_problem_naming(problems: list[str], path: Path, *words: str) -> str:
@@ -306,3 +307,16 @@ def test_geometry_message_is_readable(root):
     write_nifti(lab, lab_path(root, "a"), spacing_xyz=(1.0, 1.0, 2.5))
     msg = only_problem_naming(problems_of(root), lab_path(root, "a"), "spacing")
     assert "np.float64" not in msg and "(1.0, 1.0, 1.0) vs (1.0, 1.0, 2.5)" in msg
+
+
+@pytest.mark.parametrize("split, message", [
+    ({"labelled": ["a", "b"], "unlabelled": UNL, "test": ["a"]}, "case 'a' is both labelled and test"),
+    ({"labelled": ["a", "b", "a"], "unlabelled": UNL, "test": TEST}, "case 'a' is listed 2 times in 'labelled'"),
+    ({"labelled": "ab", "unlabelled": UNL, "test": TEST}, "'labelled' must be a list of case names"),
+])
+def test_a_bad_split_is_refused_wherever_the_dataset_is_opened(root, split, message):
+    """Not only `validate`: plan, preprocess, train and the benchmark open datasets this way, so none trains on it."""
+    write_split(root, split)
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        RawDataset.open(root)
+    assert "splits_semisupervised.json" in str(e.value)

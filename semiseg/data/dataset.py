@@ -11,6 +11,8 @@ Layout: ``dataset.json`` (channel_names, labels, file_ending), ``imagesTr/{case}
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 import re
 from dataclasses import dataclass, field
@@ -39,7 +41,10 @@ class RawDataset:
     split_source: str = "split"  # where the split came from (a file path), for error messages
 
     @classmethod
-    def open(cls, root: str | Path, split: str | Path | dict[str, list[str]] | None = None) -> "RawDataset":
+    def open(cls, root: str | Path, split: str | Path | dict[str, list[str]] | None = None, check: bool = True) -> "RawDataset":
+        """The dataset at ``root`` with its split; a split with problems (a case in two lists or twice in one, a
+        list that is not a list of names) is refused here, wherever a dataset is opened, unless ``check=False``
+        (``validate`` opens it that way to report every problem at once)."""
         root = Path(root)
         meta_path = root / "dataset.json"
         if not meta_path.is_file():
@@ -73,7 +78,11 @@ class RawDataset:
                 "unlabelled": [c for c, d in found.items() if d.name == "imagesUnlabelled"],
                 "test": [c for c, d in found.items() if d.name == "imagesTs"],
             }
-        ds = cls(root, meta, list(sp.get("labelled", [])), list(sp.get("unlabelled", [])), list(sp.get("test", [])), found, source)
+        problems = split_problems(sp, source)
+        if problems and check:
+            more = f" (and {len(problems) - 3} more; `semiseg validate` lists them all)" if len(problems) > 3 else ""
+            raise ValueError("; ".join(problems[:3]) + more)
+        ds = cls(root, meta, *(_case_list(sp.get(k)) for k in SPLIT_KEYS), found, source)
         return ds
 
     # -- facts ---------------------------------------------------------------------------------
@@ -139,6 +148,35 @@ class RawDataset:
                 raise ImageError(f"{lp}: label geometry does not match image: {diff}")
             label = label.astype(np.int16)
         return image, label, geo
+
+
+SPLIT_KEYS = ("labelled", "unlabelled", "test")
+
+
+def _case_list(value: Any) -> list[str]:
+    return [str(c) for c in value] if isinstance(value, list) else []
+
+
+def split_problems(sp: Any, source: str) -> list[str]:
+    """Everything wrong with a split mapping, each naming its source: lists that are not lists of case names, a
+    case listed twice in one list (double weight) or in two lists (test labels trained on)."""
+    if not isinstance(sp, dict):
+        return [f"{source}: a split must map labelled / unlabelled / test to lists of case names, got {type(sp).__name__}"]
+    problems, seen = [], {}
+    for name in SPLIT_KEYS:
+        value = sp.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+            problems.append(f"{source}: '{name}' must be a list of case names, got {json.dumps(value)[:60]}")
+            continue
+        for case, n in Counter(value).items():
+            if n > 1:
+                problems.append(f"{source}: case '{case}' is listed {n} times in '{name}'")
+        for case in dict.fromkeys(value):
+            if case in seen:
+                problems.append(f"{source}: case '{case}' is both {seen[case]} and {name}")
+            else:
+                seen[case] = name
+    return problems
 
 
 def _cases_in(folder: Path, ending: str) -> list[str]:

@@ -1,31 +1,23 @@
 """Dataset validation that reports every problem at once, each naming its file."""
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from semiseg.data.dataset import RawDataset
+from semiseg.data.dataset import RawDataset, split_problems
 from semiseg.data.io import ImageError, read_array
 
 
 def validate_dataset(ds: RawDataset, progress: bool = True) -> list[str]:
     """Return a list of problems (empty when the dataset is usable). Never reads unlabelled labels."""
     problems: list[str] = []
-    split_lists = {"labelled": ds.labelled, "unlabelled": ds.unlabelled, "test": ds.test}
-    for name, cases in split_lists.items():
-        for case, n in Counter(cases).items():
-            if n > 1:
-                problems.append(f"{ds.split_source}: case '{case}' is listed {n} times in '{name}'")
-    seen: dict[str, str] = {}
-    for name, cases in split_lists.items():
-        for case in dict.fromkeys(cases):
-            if case in seen:
-                problems.append(f"{ds.split_source}: case '{case}' is both {seen[case]} and {name}")
-            else:
-                seen[case] = name
+    problems += split_problems({"labelled": ds.labelled, "unlabelled": ds.unlabelled, "test": ds.test}, ds.split_source)
+    seen: dict[str, str] = {}  # case -> the first list naming it
+    for name, cases in (("labelled", ds.labelled), ("unlabelled", ds.unlabelled), ("test", ds.test)):
+        for case in cases:
+            seen.setdefault(case, name)
     declared = set(ds.labels.values())
     if 0 not in declared:
         problems.append(f"{ds.root / 'dataset.json'}: labels must declare background = 0")

@@ -97,6 +97,8 @@ def train(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = out / "model_final.pt"
+    if resume and (final.is_file() or (out / "checkpoint.pt").is_file()):
+        _refuse_other_config(out / "train_config.json", cfg)
     if resume and final.is_file():
         return final
     dev = distributed.process_device(pick_device(device), info)
@@ -161,6 +163,24 @@ def train(
     plot_curve(history, out / "curve.png")
     distributed.barrier()
     return final
+
+
+RESULT_NEUTRAL = ("num_workers", "checkpoint_every")  # TrainConfig fields that change no number of a training
+
+
+def _refuse_other_config(path: Path, cfg: TrainConfig) -> None:
+    """A run folder holds one training: finishing or resuming it under other settings would return (or mix in)
+    a model of the old ones, so that is refused with the difference."""
+    if not path.is_file():
+        return
+    import json
+
+    old, new = json.loads(path.read_text()), json.loads(json.dumps(dataclasses.asdict(cfg)))
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k not in RESULT_NEUTRAL and old.get(k) != new.get(k)]
+    if diff:
+        raise ValueError(f"{path.parent}: holds a training with other settings ({'; '.join(diff[:4])}); train into another "
+                         "folder (--name), or start over with --no-resume")
 
 
 def _inference_net_cfg(plan: Plan, method: Method):
