@@ -274,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from semiseg.data.folder_lock import FolderBusy
     from semiseg.data.io import ImageError
 
     args = build_parser().parse_args(argv)
@@ -282,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         apply_threads(args.threads)
         return int(args.func(args) or 0)
-    except (ImageError, FileNotFoundError, ValueError, KeyError, PermissionError, ImportError) as e:
+    except (ImageError, FileNotFoundError, ValueError, KeyError, PermissionError, ImportError, FolderBusy) as e:
         print(f"semiseg {args.command}: error: {e}", file=sys.stderr)
         return 2
 

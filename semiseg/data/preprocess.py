@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from semiseg.config import Plan
+from semiseg.data.folder_lock import FolderLock
 from semiseg.data.io import Geometry, atomic_save_npy, atomic_write_json
 
 Bbox = list[list[int]]  # [[z0, z1], [y0, y1], [x0, x1]]
@@ -168,11 +169,17 @@ def _preprocess_one(args: tuple[Any, ...]) -> str:
 
 
 def preprocess_dataset(ds_root: str | Path, split: Any, plan: Plan, cases: dict[str, bool], out_dir: str | Path, workers: int = 1, progress: bool = True) -> None:
-    """Preprocess ``cases`` (case -> with_label) into ``out_dir``; resumable: finished cases are skipped."""
-    import dataclasses
-
+    """Preprocess ``cases`` (case -> with_label) into ``out_dir``; resumable: finished cases are skipped; one
+    writer at a time (semiseg.data.folder_lock)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out, "preprocess"):
+        _preprocess_all(ds_root, split, plan, cases, out, workers, progress)
+
+
+def _preprocess_all(ds_root: str | Path, split: Any, plan: Plan, cases: dict[str, bool], out: Path, workers: int, progress: bool) -> None:
+    import dataclasses
+
     todo = []
     for case, with_label in cases.items():
         pj = out / f"{case}.json"

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from semiseg.config import Plan, TrainConfig
+from semiseg.data.folder_lock import FolderLock
 from semiseg.data.io import atomic_write_json
 from semiseg.data.sampling import PatchSampler, TrainingBatches, open_cases
 from semiseg.engine import distributed
@@ -96,6 +97,14 @@ def train(
     info = distributed.setup(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if info.is_main:  # one writer per run folder (process 0 writes every file)
+        with FolderLock(out, f"train {cfg.method}"):
+            return _train(plan, cfg, spec, out, info, resume, device, progress, stop_after, init_weights)
+    return _train(plan, cfg, spec, out, info, resume, device, progress, stop_after, init_weights)
+
+
+def _train(plan: Plan, cfg: TrainConfig, spec: DataSpec, out: Path, info: distributed.DistInfo, resume: bool,
+           device: str | None, progress: bool, stop_after: int | None, init_weights: str | Path | None) -> Path:
     final = out / "model_final.pt"
     if resume and (final.is_file() or (out / "checkpoint.pt").is_file()):
         _refuse_other_config(out / "train_config.json", cfg)
