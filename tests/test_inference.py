@@ -28,14 +28,7 @@ BF16_AGREEMENT = 0.99  # stated tolerance: bf16 and fp32 labels agree on >= 99% 
 
 
 # -- fixtures -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these tiny convolutions gain nothing from two, and on a shared 2-core machine
-    OpenMP spin-waiting makes two threads up to 8x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -33,13 +33,7 @@ LABELLED = ["lab_0", "lab_1", "lab_2"]
 UNLABELLED = ["unl_0", "unl_1", "unl_2"]  # three: the fewest a rank correlation accepts
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the CI machine has two shared cores, where spinning OpenMP threads only cost."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
