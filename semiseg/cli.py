@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from semiseg.config import read_data_file
+
 EPOCH = 250  # iterations per epoch, as nnU-Net
 # subcommands that live beside their stage's code: each module has register_cli(subparsers)
 PLUGINS = ("semiseg.selftrain.cli", "semiseg.inference.cli", "semiseg.benchmark.cli")
@@ -32,24 +34,10 @@ def _overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
-def _read_data_file(path: str | Path) -> Any:
-    """JSON or YAML (by suffix), with an error naming the file."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-        if p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            return yaml.safe_load(text)
-        return json.loads(text)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{p}: cannot read configuration: {e}") from None
-
-
 def _load_config_file(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
-    raw = _read_data_file(path)
+    raw = read_data_file(path)
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of configuration fields")
     return raw
@@ -131,7 +119,7 @@ def load_postprocess(spec: str | None, model_path: str) -> Any:
     from semiseg.networks.model_file import read_plan
 
     labels = read_plan(find_models(model_path)[0])["labels"]
-    steps = _read_data_file(spec)
+    steps = read_data_file(spec)
     if isinstance(steps, dict):
         steps = steps.get("steps", [])
     return Pipeline.from_config(steps, labels)

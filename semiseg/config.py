@@ -137,3 +137,17 @@ def apply_overrides(obj: T, overrides: dict[str, Any]) -> T:
                 setattr(target, p, sub)
                 target = sub
     return obj
+
+
+def read_data_file(path: str | Path) -> Any:
+    """A configuration file, JSON or YAML by suffix, with an error naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{p}: cannot read configuration: {e}") from None

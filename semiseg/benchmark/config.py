@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from semiseg.config import read_data_file
+
 LOWER, UPPER = "lower", "upper"
 ROLES = {LOWER: "lower bound", UPPER: "upper bound"}
 # TrainConfig fields that the benchmark itself sets: a method may not change its own budget or seed
@@ -323,8 +325,6 @@ def with_iterations(raw: Mapping[str, Any], iterations: int, where: str) -> dict
 
 def _extended(path: Path, raw: Any, chain: list[Path]) -> Any:
     """``raw`` over the file it ``extends`` (top-level fields replaced whole), recursively, refusing cycles."""
-    from semiseg.cli import _read_data_file
-
     if not isinstance(raw, Mapping) or "extends" not in raw:
         return raw
     base_path = (path.parent / str(raw["extends"])).resolve()
@@ -332,7 +332,7 @@ def _extended(path: Path, raw: Any, chain: list[Path]) -> Any:
         raise ConfigError(f"{path}: extends {raw['extends']}: a cycle ({' -> '.join(p.name for p in [*chain, base_path])})")
     if not base_path.is_file():
         raise ConfigError(f"{path}: extends {raw['extends']}: {base_path} not found")
-    base = _extended(base_path, _read_data_file(base_path), [*chain, base_path])
+    base = _extended(base_path, read_data_file(base_path), [*chain, base_path])
     if not isinstance(base, Mapping):
         raise ConfigError(f"{base_path}: expected a mapping of benchmark fields (extended by {path})")
     out = {**{k: v for k, v in base.items() if k != "extends"}, **raw}
@@ -343,12 +343,10 @@ def _extended(path: Path, raw: Any, chain: list[Path]) -> Any:
 def load_config(path: str | Path, iterations: int | None = None) -> BenchmarkConfig:
     """Read a benchmark YAML/JSON file (see the module docstring); ``iterations`` derives the same
     benchmark at another step count (:func:`with_iterations`)."""
-    from semiseg.cli import _read_data_file
-
     p = Path(path).resolve()
     if not p.is_file():
         raise ConfigError(f"{p}: benchmark config not found")
-    raw = _extended(p, _read_data_file(p), [p])
+    raw = _extended(p, read_data_file(p), [p])
     if iterations is not None:
         raw = with_iterations(raw, iterations, str(p))
     cfg = config_from_dict(raw, p)
