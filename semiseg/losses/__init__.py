@@ -54,8 +54,9 @@ def dice_ce(output: torch.Tensor | Sequence[torch.Tensor], label: torch.Tensor) 
 
 
 def masked_dice_ce(logits: torch.Tensor, label: torch.Tensor, region: torch.Tensor, eps: float = 1e-16) -> torch.Tensor:
-    """Dice + CE over the voxels where ``region`` (bool or 0/1, broadcastable to (B, 1, Z, Y, X)) holds: CE averaged
-    over those voxels, soft Dice (background excluded) of the probabilities and one-hot target masked alike."""
+    """Dice + CE over the voxels where ``region`` (bool, or voxel weights >= 0, broadcastable to (B, 1, Z, Y, X)) holds:
+    CE as the weighted mean over those voxels, soft Dice (background excluded) of the probabilities and one-hot
+    target weighted alike."""
     target = label[:, 0].long() if label.ndim == logits.ndim else label.long()
     w = region.to(logits.device).float().expand(target.shape[0], 1, *target.shape[1:])
     ce = (F.cross_entropy(logits.float(), target, reduction="none") * w[:, 0]).sum() / (w.sum() + eps)

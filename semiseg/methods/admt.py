@@ -6,7 +6,7 @@ the teachers are snapshots of different stretches of training and disagree where
 Where they agree (and are confident) the student learns their label; where they conflict, the
 conflict-combating module (CCM) picks, per voxel, the teacher with the lower entropy ("confidence", the
 paper's entropy-based choice) or the teacher updated last ("latest", an option of the authors' code), and
-that region's loss gets ``conflict_weight``. The student sees a strong view of the unlabelled batch, CutMix-ed
+that region's voxels get ``conflict_weight`` in the one unlabelled loss. The student sees a strong view of the unlabelled batch, CutMix-ed
 with another sample; both teachers label the weak view (targets mixed with the same box).
 """
 from __future__ import annotations
@@ -49,14 +49,13 @@ def teacher_targets(logits1: torch.Tensor, logits2: torch.Tensor, mode: str, lat
     c1, y1 = p1.max(1, keepdim=True)
     c2, y2 = p2.max(1, keepdim=True)
     conflict = y1 != y2
-    if mode == "confidence":
+    if mode == "confidence":  # per voxel the lower-entropy teacher, everywhere (its label, where they agree, is the same)
         ent = lambda p: -(p * torch.log(p + 1e-8)).sum(1, keepdim=True)  # noqa: E731
         take2 = ent(p2) < ent(p1)
-    elif mode == "latest":
-        take2 = torch.full_like(conflict, latest == 1)
+    elif mode == "latest":  # in conflicts only, as the authors' code
+        take2 = torch.full_like(conflict, latest == 1) & conflict
     else:
         raise ValueError(f"ad-mt: conflict_mode must be one of {', '.join(CONFLICT_MODES)}, got '{mode}'")
-    take2 = take2 & conflict
     return torch.where(take2, y2, y1), torch.where(take2, c2, c1), conflict
 
 
@@ -103,9 +102,9 @@ class ADMT(Method):
         with self.autocast(ctx.device):
             out = main_output(self.student(torch.cat([image, x_u])))
         sup = dice_ce(out[:n], label)
-        agree = masked_dice_ce(out[n:], y, ok & ~conflict)
-        fight = masked_dice_ce(out[n:], y, ok & conflict)
-        unsup = p["u_weight"] * (agree + p["conflict_weight"] * fight)
+        # one loss over the confident voxels, conflicting ones weighted conflict_weight (the authors' per-voxel sum)
+        weight = (ok & ~conflict).float() + p["conflict_weight"] * (ok & conflict).float()
+        unsup = p["u_weight"] * masked_dice_ce(out[n:], y, weight)
         diag = self.gradient_share(sup, unsup, self.student, ctx)
         loss = sup + unsup
         self.optimize(loss, "student")
