@@ -113,6 +113,16 @@ class TrainConfig:
         return cls(**json.loads(Path(path).read_text()))
 
 
+RESULT_NEUTRAL = ("num_workers", "checkpoint_every")  # TrainConfig fields that change no number of a training
+
+
+def comparable_train_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A training config's JSON form as compared between runs: fields missing from an older file take their
+    defaults (a field added later must not make old runs look different), result-neutral fields dropped."""
+    full = {**json.loads(json.dumps(dataclasses.asdict(TrainConfig()))), **d}
+    return {k: v for k, v in full.items() if k not in RESULT_NEUTRAL}
+
+
 def apply_overrides(obj: T, overrides: dict[str, Any]) -> T:
     """Return a copy of a dataclass with dotted-key overrides applied (``network.features``)."""
     obj = dataclasses.replace(obj)

@@ -44,5 +44,7 @@ def test_import_semiseg_is_light_and_names_resolve():
     import semiseg
 
     assert {"create_run", "train_fold", "Predictor", "evaluate_folders", "run_selftrain", "run_benchmark"} <= set(dir(semiseg))
+    for name in semiseg._API:  # every advertised name resolves (a wrong module path fails here)
+        assert getattr(semiseg, name).__name__ == name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         semiseg.nope

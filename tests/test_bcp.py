@@ -90,6 +90,25 @@ def test_the_box_moves_images_and_labels_together_and_u_weight_scales_the_pseudo
             assert metrics["unsup"] > 0
 
 
+def test_targets_follow_the_images_labels_where_labelled_content_shows(monkeypatch):
+    """With u_weight 0 the loss is the labelled regions' alone: its value must equal masked Dice+CE of the student's
+    output against the labels of a outside the box and of b inside it (and change if those labels change)."""
+    box = torch.zeros(SHAPE, dtype=torch.bool)
+    box[2:6, 4:12, 4:12] = True
+    m = build("bcp", {"pretrain": 0.0, "u_weight": 0.0, "largest_component": False})
+    monkeypatch.setattr(m, "box", lambda x: box)
+    seen = {}
+    m.student.register_forward_hook(lambda mod, a, out: seen.__setitem__("out", out.detach().clone()))
+    batch = make_batch()
+    label = dict.__getitem__(batch, "label")
+    metrics = m.training_step(batch, ctx(0))
+    o = seen["out"]
+    expected = masked_dice_ce(o[:1], label[:1], ~box) + masked_dice_ce(o[1:], label[1:2], box)
+    assert metrics["sup"] == pytest.approx(float(expected), rel=1e-5)
+    swapped = masked_dice_ce(o[:1], label[1:2], ~box) + masked_dice_ce(o[1:], label[:1], box)
+    assert metrics["sup"] != pytest.approx(float(swapped), rel=1e-3)
+
+
 def test_bcp_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="pretrain must be a fraction"):
         build("bcp", {"pretrain": 1.0})

@@ -34,7 +34,8 @@ def test_gradient_share_on_a_known_case_and_without_side_effects():
 
 
 @pytest.mark.parametrize("name, params", [("mean-teacher", {}), ("ua-mt", {"passes": 2, "dropout": 0.1}), ("cps", {}),
-                                          ("mpl", {}), ("dlunet", {})])
+                                          ("mpl", {}), ("dlunet", {}), ("bcp", {"pretrain": 0.0}),
+                                          ("unimatch", {"threshold": 0.0}), ("ad-mt", {"threshold": 0.0})])
 def test_every_consistency_method_logs_its_gradient_share(name, params):
     m = build(name, params)
     first = m.training_step(make_batch(), ctx(0))

@@ -1,38 +1,52 @@
-"""One writer per folder: a live holder is named and refused, a stale lock is taken over, the lock is re-entrant
-in one process and gone afterwards; a training into a folder another process is writing is refused."""
+"""One writer per folder: a live holder is named and refused, a lock dies with its process (no stale locks, no
+reused pids mistaken for holders), re-entrant in one process; a training into a busy folder is refused."""
 from __future__ import annotations
 
-import json
-import os
-import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
 from semiseg.data.folder_lock import LOCK_NAME, FolderBusy, FolderLock
 
-
-def hold(folder, pid: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "what": "train cps",
-                                                "command": "semiseg train RUN --method cps"}))
-
-
-def test_a_live_holder_is_named_and_refused(tmp_path):
-    hold(tmp_path, os.getppid())  # a process that is alive
-    with pytest.raises(FolderBusy, match=rf"busy: process {os.getppid()} .*train cps: semiseg train RUN --method cps"):
-        with FolderLock(tmp_path):
-            pass
-    assert (tmp_path / LOCK_NAME).is_file()  # the holder's lock is left alone
+HOLD = """
+import sys, time
+from semiseg.data.folder_lock import FolderLock
+with FolderLock(sys.argv[1], "train cps"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
 
 
-def test_a_stale_lock_is_taken_over_and_the_lock_is_reentrant(tmp_path):
-    hold(tmp_path, 2**22 + 12345)  # no such process
+def holder_process(folder):
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_live_holder_is_named_and_refused_and_its_lock_dies_with_it(tmp_path):
+    p = holder_process(tmp_path)
+    try:
+        with pytest.raises(FolderBusy, match=rf"busy: process {p.pid} .*\(train cps: "):
+            with FolderLock(tmp_path):
+                pass
+    finally:
+        p.kill()  # killed, not released: the kernel drops its lock
+        p.wait()
+    with FolderLock(tmp_path, "next"):
+        assert '"what": "next"' in (tmp_path / LOCK_NAME).read_text()
+
+
+def test_the_lock_is_reentrant_and_released(tmp_path):
     with FolderLock(tmp_path, "outer"):
-        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
         with FolderLock(tmp_path, "inner"):  # a training inside a self-training round
             pass
-        assert (tmp_path / LOCK_NAME).is_file()
-    assert not (tmp_path / LOCK_NAME).exists()
+        assert '"outer"' in (tmp_path / LOCK_NAME).read_text()
+    assert not (tmp_path / LOCK_NAME).exists()  # released: nothing left in the folder
+    p = holder_process(tmp_path)  # and another process can take it
+    p.kill()
+    p.wait()
 
 
 def test_training_into_a_busy_folder_is_refused(tmp_path):
@@ -40,7 +54,11 @@ def test_training_into_a_busy_folder_is_refused(tmp_path):
     from semiseg.engine.trainer import DataSpec, train
 
     out = tmp_path / "model"
-    hold(out, os.getppid())
-    with pytest.raises(FolderBusy, match="busy"):
-        train(None, TrainConfig(), DataSpec(tmp_path, []), out, progress=False)  # refused before anything is read
-    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written
+    p = holder_process(out)
+    try:
+        with pytest.raises(FolderBusy, match="busy"):
+            train(None, TrainConfig(), DataSpec(tmp_path, []), out, progress=False)  # refused before anything is read
+        assert sorted(q.name for q in out.iterdir()) == [LOCK_NAME]  # nothing written
+    finally:
+        p.kill()
+        p.wait()

@@ -51,9 +51,12 @@ def test_run_is_tiny(run):
     assert not list(run.cache.glob("u*_seg.npy"))  # unlabelled cases are cached without labels
 
 
-@pytest.mark.parametrize("method", ["supervised", "mean-teacher"])
-def test_resume_gives_same_weights_as_uninterrupted(run, tmp_path, method):
-    plan, cfg, sp = run.plan, config(method), spec(run)
+@pytest.mark.parametrize("method, params", [("supervised", {}), ("mean-teacher", {}), ("bcp", {"pretrain": 0.5}),
+                                            ("unimatch", {"threshold": 0.0}), ("ad-mt", {"threshold": 0.0, "alternate_period": 2})])
+def test_resume_gives_same_weights_as_uninterrupted(run, tmp_path, method, params):
+    """BCP stops exactly at its pre-training boundary (step 3 of 6); AD-MT's teachers take turns across the stop."""
+    plan, sp = run.plan, spec(run)
+    cfg = TrainConfig(**{**config(method).__dict__, "method_params": params})
     full = train(plan, cfg, sp, tmp_path / "full", device="cpu", progress=False)
     assert full == tmp_path / "full" / "model_final.pt"
 

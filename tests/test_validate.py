@@ -320,3 +320,8 @@ def test_a_bad_split_is_refused_wherever_the_dataset_is_opened(root, split, mess
     with pytest.raises(ValueError, match=re.escape(message)) as e:
         RawDataset.open(root)
     assert "splits_semisupervised.json" in str(e.value)
+
+
+def test_validate_reports_a_split_list_that_is_not_a_list(root):
+    write_split(root, {"labelled": "ab", "unlabelled": UNL, "test": TEST})
+    assert any("'labelled' must be a list of case names" in p for p in problems_of(root))

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 from semiseg.benchmark.config import UPPER, BenchmarkConfig, ConfigError, MethodSpec
 from semiseg.benchmark.results import aggregate, provenance
 from semiseg.benchmark.runners import SelfTrainRunner, runner_for
-from semiseg.config import ALL_AXES, Plan, TrainConfig
+from semiseg.config import ALL_AXES, Plan, TrainConfig, comparable_train_config
 from semiseg.data.io import atomic_write_json
 from semiseg.run import Run, create_run
 
@@ -78,7 +78,8 @@ def piece_key(cfg: BenchmarkConfig, entry: MethodSpec, seed: int, plan: Plan) ->
 
 def _train_key(tc: TrainConfig) -> dict[str, Any]:
     """The training config as keyed: ``num_workers`` never changes a batch (batches are a function of (seed,
-    step)), so it is left out; ``precision`` is left out at its default so pieces made before it existed stay valid."""
+    step)), so it is left out; ``precision`` is left out at its default so pieces made before it existed stay valid
+    (keys are compared as written, so they keep checkpoint_every; runs compare by comparable_train_config)."""
     d = dataclasses.asdict(tc)
     d.pop("num_workers", None)
     if d.get("precision") == "auto":
@@ -219,12 +220,12 @@ def _train(cfg: BenchmarkConfig, layout: Layout, entry: MethodSpec, seed: int, d
     profile_file = out / "benchmark_profile.json"
     if profile_file.is_file():
         info = json.loads(profile_file.read_text())
-        if info.get("train_config") != _as_json(dataclasses.asdict(tcfg)):
+        if comparable_train_config(info.get("train_config") or {}) != comparable_train_config(_as_json(dataclasses.asdict(tcfg))):
             raise ConfigError(f"{out} holds a model trained with another configuration; delete that folder to retrain")
         if Path(info["model"]).exists():
             return Path(info["model"]), info
     started = out / "train_config.json"  # written by the engine when a training starts
-    if started.is_file() and json.loads(started.read_text()) != _as_json(dataclasses.asdict(tcfg)):
+    if started.is_file() and comparable_train_config(json.loads(started.read_text())) != comparable_train_config(_as_json(dataclasses.asdict(tcfg))):
         raise ConfigError(f"{out} holds a training started with another configuration; delete that folder to retrain")
     runner.prepare(run, tcfg, progress)  # preprocessing is not part of the measured training
     start = _checkpoint_step(out)
@@ -461,8 +462,6 @@ def _run_jobs(cfg: BenchmarkConfig, layout: Layout, groups: list[tuple[list[Meth
               device: str | None, progress: bool) -> list[str]:
     """Run each group as a ``semiseg benchmark --only ... --seeds S`` child, ``jobs`` at a time, each with its
     share of the cores (semiseg.engine.threads); returns the failures (each with its log file)."""
-    import subprocess
-
     from tqdm import tqdm
 
     from semiseg.engine.threads import child_env
@@ -477,6 +476,19 @@ def _run_jobs(cfg: BenchmarkConfig, layout: Layout, groups: list[tuple[list[Meth
     env = child_env(jobs)
     todo, running, failed = list(groups), [], []
     bar = tqdm(total=len(groups), desc=f"{cfg.name}: jobs", disable=not progress, dynamic_ncols=True)
+    try:
+        _schedule(cfg, todo, running, failed, jobs, env, logs, device, bar)
+    finally:  # an error or Ctrl-C here stops the children too (their finished pieces stay)
+        for proc, *_ in running:
+            proc.terminate()
+        bar.close()
+    return failed
+
+
+def _schedule(cfg: BenchmarkConfig, todo: list, running: list, failed: list[str], jobs: int, env: dict[str, str], logs: Path,
+              device: str | None, bar: Any) -> None:
+    import subprocess
+
     while todo or running:
         while todo and len(running) < jobs:
             entries, seed = todo.pop(0)
@@ -498,8 +510,6 @@ def _run_jobs(cfg: BenchmarkConfig, layout: Layout, groups: list[tuple[list[Meth
                 bar.write(f"[{cfg.name}] FAILED {' '.join(names)} seed {seed} (exit {proc.returncode}): {log}")
             else:
                 bar.write(f"[{cfg.name}] finished {' '.join(names)} seed {seed}")
-    bar.close()
-    return failed
 
 
 def run_benchmark(cfg: BenchmarkConfig, only: Sequence[str] | None = None, seeds: Sequence[int] | None = None,

@@ -39,6 +39,7 @@ class RawDataset:
     test: list[str]
     image_dirs: dict[str, Path] = field(default_factory=dict)  # case -> folder holding its images
     split_source: str = "split"  # where the split came from (a file path), for error messages
+    split_issues: list[str] = field(default_factory=list)  # problems of the split as written (open(check=False) keeps them)
 
     @classmethod
     def open(cls, root: str | Path, split: str | Path | dict[str, list[str]] | None = None, check: bool = True) -> "RawDataset":
@@ -82,7 +83,7 @@ class RawDataset:
         if problems and check:
             more = f" (and {len(problems) - 3} more; `semiseg validate` lists them all)" if len(problems) > 3 else ""
             raise ValueError("; ".join(problems[:3]) + more)
-        ds = cls(root, meta, *(_case_list(sp.get(k)) for k in SPLIT_KEYS), found, source)
+        ds = cls(root, meta, *(_case_list(sp.get(k) if isinstance(sp, dict) else None) for k in SPLIT_KEYS), found, source, problems)
         return ds
 
     # -- facts ---------------------------------------------------------------------------------

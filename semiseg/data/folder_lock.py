@@ -1,13 +1,17 @@
-"""One writer per folder: a lock file naming its holder, so two trainings (or preprocessings) never write into
-the same folder at once (one would die on the other's rename, or leave a model of one configuration beside the
+"""One writer per folder: a lock naming its holder, so two trainings (or preprocessings) never write into the
+same folder at once (one would die on the other's rename, or leave a model of one configuration beside the
 train_config.json of the other).
 
-The lock is ``<folder>/.semiseg.lock`` holding the holder's pid, host and command line. It is created with
-O_EXCL (atomic on local and NFS v3+ filesystems); a lock whose process is gone on this host is stale and taken
-over. Used as a context manager; re-entrant within one process (a training inside a self-training round).
+The lock is an advisory ``flock`` on ``<folder>/.semiseg.lock``, which holds the holder's pid, host and command
+for the message. The kernel releases it when its process ends, however it ends, so a killed run never leaves a
+held lock and a reused pid is never mistaken for a holder (local filesystems; on NFS, flock needs a lock
+daemon); a killed run's file is simply locked again. The holder unlinks the file before unlocking, and a taker
+checks that the file it locked is still the one at the path, so two processes never hold two files at once.
+Re-entrant within one process (a training inside a self-training round).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -16,21 +20,11 @@ from pathlib import Path
 from types import TracebackType
 
 LOCK_NAME = ".semiseg.lock"
-_HELD: dict[Path, int] = {}  # folders this process holds, with the nesting depth
+_HELD: dict[Path, list] = {}  # folders this process holds: [open file, nesting depth]
 
 
 class FolderBusy(RuntimeError):
     """The folder is being written by another live process."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 class FolderLock:
@@ -41,36 +35,43 @@ class FolderLock:
 
     def holder(self) -> dict | None:
         try:
-            return json.loads(self.path.read_text())
+            return json.loads(self.path.read_text() or "null")
         except (OSError, ValueError):
             return None
 
     def __enter__(self) -> "FolderLock":
         if self.folder in _HELD:
-            _HELD[self.folder] += 1
+            _HELD[self.folder][1] += 1
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "what": self.what, "command": " ".join(sys.argv)[:500]}
-        for _ in range(2):
+        while True:
+            fh = open(self.path, "a+")
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                h = self.holder()
-                if h and (h.get("host") != me["host"] or _alive(int(h.get("pid", -1)))):
-                    raise FolderBusy(f"{self.folder}: busy: process {h.get('pid')} on {h.get('host')} is writing it "
-                                     f"({h.get('what')}: {h.get('command')}); wait for it, or delete {self.path} if it is gone") from None
-                self.path.unlink(missing_ok=True)  # stale: its process ended without releasing it
-                continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
-            _HELD[self.folder] = 1
-            return self
-        raise FolderBusy(f"{self.folder}: could not take the lock {self.path}")
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                h = self.holder() or {}
+                raise FolderBusy(f"{self.folder}: busy: process {h.get('pid', '?')} on {h.get('host', '?')} is writing it "
+                                 f"({h.get('what', '?')}: {h.get('command', '?')}); wait for it to finish") from None
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fh.fileno()).st_ino:
+                    break  # the file we locked is still the lock (its holder did not unlink it meanwhile)
+            except FileNotFoundError:
+                pass
+            fh.close()
+        fh.seek(0)
+        fh.truncate()
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "what": self.what, "command": " ".join(sys.argv)[:500]}, fh)
+        fh.flush()
+        _HELD[self.folder] = [fh, 1]
+        return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        _HELD[self.folder] -= 1
-        if _HELD[self.folder] == 0:
+        held = _HELD[self.folder]
+        held[1] -= 1
+        if held[1] == 0:
             del _HELD[self.folder]
-            h = self.holder()
-            if h and h.get("pid") == os.getpid():
-                self.path.unlink(missing_ok=True)
+            fh = held[0]
+            self.path.unlink(missing_ok=True)  # before unlocking: a waiter that opened it sees another inode and retries
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            fh.close()

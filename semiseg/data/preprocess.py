@@ -173,11 +173,13 @@ def preprocess_dataset(ds_root: str | Path, split: Any, plan: Plan, cases: dict[
     writer at a time (semiseg.data.folder_lock)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if not _todo(ds_root, split, plan, cases, out):
+        return  # nothing to write: no lock needed (readers side by side, e.g. benchmark --jobs children)
     with FolderLock(out, "preprocess"):
-        _preprocess_all(ds_root, split, plan, cases, out, workers, progress)
+        _preprocess_all(_todo(ds_root, split, plan, cases, out), out, workers, progress)  # again: another writer may have finished
 
 
-def _preprocess_all(ds_root: str | Path, split: Any, plan: Plan, cases: dict[str, bool], out: Path, workers: int, progress: bool) -> None:
+def _todo(ds_root: str | Path, split: Any, plan: Plan, cases: dict[str, bool], out: Path) -> list[tuple]:
     import dataclasses
 
     todo = []
@@ -186,6 +188,10 @@ def _preprocess_all(ds_root: str | Path, split: Any, plan: Plan, cases: dict[str
         if pj.is_file() and json.loads(pj.read_text()).get("labelled") == with_label:
             continue
         todo.append((str(ds_root), split, dataclasses.asdict(plan), case, with_label, str(out)))
+    return todo
+
+
+def _preprocess_all(todo: list[tuple], out: Path, workers: int, progress: bool) -> None:
     if not todo:
         return
     bar = tqdm(total=len(todo), desc="preprocess", disable=not progress)

@@ -13,7 +13,7 @@ from semiseg.data.io import ImageError, read_array
 def validate_dataset(ds: RawDataset, progress: bool = True) -> list[str]:
     """Return a list of problems (empty when the dataset is usable). Never reads unlabelled labels."""
     problems: list[str] = []
-    problems += split_problems({"labelled": ds.labelled, "unlabelled": ds.unlabelled, "test": ds.test}, ds.split_source)
+    problems += ds.split_issues or split_problems({"labelled": ds.labelled, "unlabelled": ds.unlabelled, "test": ds.test}, ds.split_source)
     seen: dict[str, str] = {}  # case -> the first list naming it
     for name, cases in (("labelled", ds.labelled), ("unlabelled", ds.unlabelled), ("test", ds.test)):
         for case in cases:

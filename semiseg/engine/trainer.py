@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from semiseg.config import Plan, TrainConfig
+from semiseg.config import Plan, TrainConfig, comparable_train_config
 from semiseg.data.folder_lock import FolderLock
 from semiseg.data.io import atomic_write_json
 from semiseg.data.sampling import PatchSampler, TrainingBatches, open_cases
@@ -174,9 +174,6 @@ def _train(plan: Plan, cfg: TrainConfig, spec: DataSpec, out: Path, info: distri
     return final
 
 
-RESULT_NEUTRAL = ("num_workers", "checkpoint_every")  # TrainConfig fields that change no number of a training
-
-
 def _refuse_other_config(path: Path, cfg: TrainConfig) -> None:
     """A run folder holds one training: finishing or resuming it under other settings would return (or mix in)
     a model of the old ones, so that is refused with the difference."""
@@ -184,9 +181,9 @@ def _refuse_other_config(path: Path, cfg: TrainConfig) -> None:
         return
     import json
 
-    old, new = json.loads(path.read_text()), json.loads(json.dumps(dataclasses.asdict(cfg)))
-    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k not in RESULT_NEUTRAL and old.get(k) != new.get(k)]
+    old = comparable_train_config(json.loads(path.read_text()))
+    new = comparable_train_config(json.loads(json.dumps(dataclasses.asdict(cfg))))
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
         raise ValueError(f"{path.parent}: holds a training with other settings ({'; '.join(diff[:4])}); train into another "
                          "folder (--name), or start over with --no-resume")

@@ -123,7 +123,7 @@ class Method(nn.Module):
             return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
 
         s = norm(sup)
-        return {name: norm(unsup) / s if s > 0 else float("inf")}
+        return {name: norm(unsup) / s} if s > 0 else {}  # no supervised gradient: no share to state
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> None:

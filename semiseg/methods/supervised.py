@@ -26,7 +26,7 @@ class Supervised(Method):
     def __init__(self, make_net, num_classes, params, train_cfg):
         super().__init__(make_net, num_classes, {**self.defaults, **params}, train_cfg)
         self.check_params(self.params)
-        network = self.params["network"]
+        network = dict(self.params["network"])
         self.net = make_net(**network)
         self.optimizers["net"] = self.sgd(self.net)
         self.inference_network_overrides = dict(network)  # the kept network's NetworkConfig fields

@@ -32,8 +32,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     processes writing in one folder never share a temporary."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_file(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
