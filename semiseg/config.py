@@ -119,7 +119,7 @@ RESULT_NEUTRAL = ("num_workers", "checkpoint_every")  # TrainConfig fields that 
 def comparable_train_config(d: dict[str, Any]) -> dict[str, Any]:
     """A training config's JSON form as compared between runs: fields missing from an older file take their
     defaults (a field added later must not make old runs look different), result-neutral fields dropped."""
-    full = {**json.loads(json.dumps(dataclasses.asdict(TrainConfig()))), **d}
+    full = json.loads(json.dumps({**dataclasses.asdict(TrainConfig()), **d}))  # as read back from JSON: tuples are lists
     return {k: v for k, v in full.items() if k not in RESULT_NEUTRAL}
 
 

@@ -18,7 +18,7 @@ def test_self_training_entries_of_a_seed_share_one_job():
     sup, mt = MethodSpec("lower", "supervised"), MethodSpec("mean-teacher", "mean-teacher")
     unc, unf = MethodSpec("uncertainty", "uncertainty"), MethodSpec("unfiltered", "unfiltered")
     pending = [(sup, 0), (mt, 0), (unc, 0), (unf, 0), (unc, 1), (sup, 1)]
-    groups = [([e.name for e in es], s) for es, s in job_groups(None, pending)]
+    groups = [([e.name for e in es], s) for es, s in job_groups(pending)]
     assert groups == [(["lower"], 0), (["mean-teacher"], 0), (["uncertainty", "unfiltered"], 0), (["uncertainty"], 1), (["lower"], 1)]
 
 

@@ -220,12 +220,12 @@ def _train(cfg: BenchmarkConfig, layout: Layout, entry: MethodSpec, seed: int, d
     profile_file = out / "benchmark_profile.json"
     if profile_file.is_file():
         info = json.loads(profile_file.read_text())
-        if comparable_train_config(info.get("train_config") or {}) != comparable_train_config(_as_json(dataclasses.asdict(tcfg))):
+        if comparable_train_config(info.get("train_config") or {}) != comparable_train_config(dataclasses.asdict(tcfg)):
             raise ConfigError(f"{out} holds a model trained with another configuration; delete that folder to retrain")
         if Path(info["model"]).exists():
             return Path(info["model"]), info
     started = out / "train_config.json"  # written by the engine when a training starts
-    if started.is_file() and comparable_train_config(json.loads(started.read_text())) != comparable_train_config(_as_json(dataclasses.asdict(tcfg))):
+    if started.is_file() and comparable_train_config(json.loads(started.read_text())) != comparable_train_config(dataclasses.asdict(tcfg)):
         raise ConfigError(f"{out} holds a training started with another configuration; delete that folder to retrain")
     runner.prepare(run, tcfg, progress)  # preprocessing is not part of the measured training
     start = _checkpoint_step(out)
@@ -437,7 +437,7 @@ class JobsFailed(RuntimeError):
     """Some ``--jobs`` children failed (the others' pieces are kept and in the results file)."""
 
 
-def job_groups(cfg: BenchmarkConfig, pending: Sequence[tuple[MethodSpec, int]]) -> list[tuple[list[MethodSpec], int]]:
+def job_groups(pending: Sequence[tuple[MethodSpec, int]]) -> list[tuple[list[MethodSpec], int]]:
     """Pending pieces as independent jobs, in run order: one per engine piece, and one per seed for its
     self-training entries, which share the seed's round-0 fold models (two jobs must never train one model)."""
     groups: list[tuple[list[MethodSpec], int]] = []
@@ -540,7 +540,7 @@ def run_benchmark(cfg: BenchmarkConfig, only: Sequence[str] | None = None, seeds
     if jobs > 1:
         pending = [(e, seed) for seed in (list(seeds) if seeds else cfg.seeds) for e in entries
                    if not _check_piece(layout.piece(e.name, seed), piece_key(cfg, e, seed, layout.run_for(e).plan))]
-        failed = _run_jobs(cfg, layout, job_groups(cfg, pending), jobs, device, progress)
+        failed = _run_jobs(cfg, layout, job_groups(pending), jobs, device, progress)
         out = write_results(cfg, layout, skipped, device, command)
         print(f"[{cfg.name}] results: {out}", flush=True)
         if failed:

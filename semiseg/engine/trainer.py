@@ -5,6 +5,7 @@ Everything method-specific lives in the Method's ``training_step``; this file is
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -179,10 +180,8 @@ def _refuse_other_config(path: Path, cfg: TrainConfig) -> None:
     a model of the old ones, so that is refused with the difference."""
     if not path.is_file():
         return
-    import json
-
     old = comparable_train_config(json.loads(path.read_text()))
-    new = comparable_train_config(json.loads(json.dumps(dataclasses.asdict(cfg))))
+    new = comparable_train_config(dataclasses.asdict(cfg))
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
         raise ValueError(f"{path.parent}: holds a training with other settings ({'; '.join(diff[:4])}); train into another "
