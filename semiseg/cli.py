@@ -160,9 +160,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from semiseg.demo import run_demo
+    from semiseg.demo import DemoConfig, run_demo
 
-    run_demo(Path(a.out), iterations=a.iterations, progress=not a.quiet)
+    run_demo(Path(a.out), iterations=a.iterations, progress=not a.quiet, device=a.device,
+             config=DemoConfig(methods=("supervised", a.method)))
     return 0
 
 
@@ -246,9 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="plan, train, predict, evaluate and report on the embedded ChaosT2 sample")
+    p = sub.add_parser("demo", help="supervised vs semi-supervised on the embedded ChaosT2 sample: plan, train, predict, evaluate, report")
     p.add_argument("--out", default="demo_output")
-    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--iterations", type=int, default=None, help="steps per model (default: the demo's budget)")
+    p.add_argument("--method", default="ad-mt", help="the semi-supervised method shown beside the supervised baseline")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available)")
     p.set_defaults(func=cmd_demo)
     for mod in PLUGINS:
         try:
