@@ -150,8 +150,7 @@ def make_folder(path: str | Path, what: str = "output folder") -> Path:
     for part in [path, *path.parents]:
         if part.exists():
             if not part.is_dir():
-                raise ValueError(f"{path}: cannot make the {what}: "
-                                 + ("a file of that name exists" if part == path else f"{part} is a file, not a folder"))
+                raise ValueError(f"{path}: cannot make the {what}: {part} is a file, not a folder")
             break
     try:
         path.mkdir(parents=True, exist_ok=True)

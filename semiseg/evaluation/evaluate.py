@@ -99,7 +99,7 @@ def evaluate_folders(
     """Evaluate every reference case, write JSON + CSV, and return the result (NaN kept as float NaN)."""
     pred_dir, ref_dir, out_file = Path(pred_dir), Path(ref_dir), Path(out_file)
     labels, ending = read_dataset_json(dataset_json)
-    make_folder(out_file.parent, "folder of the metrics file")  # before scoring: a path under a file fails now, by name
+    make_folder(out_file.parent, f"folder for {out_file}")  # before scoring: a path under a file fails now, by name
     if out_file.is_dir():
         raise ValueError(f"{out_file}: is a folder; --out names the metrics JSON file")
     for folder, what in ((pred_dir, "prediction"), (ref_dir, "reference")):
