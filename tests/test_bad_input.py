@@ -422,7 +422,7 @@ def _alive(pid: int) -> bool:
 def test_preprocess_workers_stop_when_their_parent_is_killed(tmp_path):
     root = make_dataset(tmp_path / "ds", [f"c{i}" for i in range(8)], shape=(24, 72, 72), spacing_xyz=(1.0, 1.0, 1.5))
     run = create_run(root, tmp_path / "run", overrides={**tiny_overrides([8, 32, 32]), "target_spacing": [1.0, 0.7, 0.7]}, progress=False)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     parent = subprocess.Popen([sys.executable, "-m", "semiseg", "--quiet", "preprocess", str(run.root), "--workers", "2"],
                               cwd=REPO, env=env, stderr=subprocess.PIPE)
     try:
@@ -442,6 +442,39 @@ def test_preprocess_workers_stop_when_their_parent_is_killed(tmp_path):
         assert workers and not any(_alive(w) for w in workers), "workers kept running after their parent died"
         time.sleep(0.2)
         assert not temporaries(run.cache)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+MID_TASK_PARENT = """
+import os, sys, time
+from multiprocessing import get_context
+from semiseg.data.preprocess import _worker_init
+if __name__ == "__main__":
+    with get_context("spawn").Pool(1, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
+        worker = pool.apply(os.getpid)  # the worker is up and initialised
+        pool.apply_async(time.sleep, (120,))  # a long task: a worker left alone would run it to the end
+        print(worker, flush=True)
+        time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux")
+def test_a_preprocessing_worker_in_mid_task_dies_with_its_parent(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(MID_TASK_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    try:
+        worker = int(parent.stdout.readline())
+        time.sleep(0.3)  # in its 120 s task
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 5
+        while time.time() < deadline and _alive(worker):
+            time.sleep(0.05)
+        assert not _alive(worker), "the worker kept running its task after its parent was killed"
     finally:
         if parent.poll() is None:
             parent.kill()
