@@ -162,8 +162,8 @@ class CacheError(ValueError):
 def _array_specs(props: dict[str, Any], with_label: bool) -> dict[str, dict[str, Any]]:
     """Expected shape and dtype of a case's arrays: as recorded, or (caches written before the record) the
     resampled shape with any channel count."""
-    spatial = list(props["shape_after_resample"])
-    specs = {"data": {"shape": [None, *spatial], "dtype": DATA_DTYPE}}
+    spatial = props.get("shape_after_resample")  # None: a hand-made entry; its shapes are not checked
+    specs = {"data": {"shape": None if spatial is None else [None, *spatial], "dtype": DATA_DTYPE}}
     if with_label:
         specs["seg"] = {"shape": spatial, "dtype": SEG_DTYPE}
     recorded = props.get("arrays", {})
@@ -188,7 +188,8 @@ def array_problem(path: Path, spec: dict[str, Any]) -> str | None:
     except (OSError, ValueError, EOFError) as e:
         return f"has an unreadable header ({e})"
     want = spec["shape"]
-    if len(shape) != len(want) or any(w is not None and w != s for w, s in zip(want, shape)) or str(dtype) != spec["dtype"]:
+    wrong_shape = want is not None and (len(shape) != len(want) or any(w is not None and w != s for w, s in zip(want, shape)))
+    if wrong_shape or str(dtype) != spec["dtype"]:
         return f"holds {str(dtype)} {list(shape)}, its properties say {spec['dtype']} {want}"
     expected = offset + int(np.prod(shape)) * dtype.itemsize
     size = os.path.getsize(path)
