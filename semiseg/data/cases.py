@@ -45,6 +45,11 @@ def discover_cases(path: str | Path, num_channels: int = 1) -> dict[str, tuple[l
         endings[case] = ending
     out = {}
     for case, chans in groups.items():
+        extra = sorted(c for c in chans if c >= num_channels)
+        if extra:  # a file the model does not take would be ignored silently
+            raise ImageError(f"{chans[extra[0]]}: channel {extra[0]} file, but the model takes {num_channels} channel(s) "
+                             f"({', '.join(f'{case}_{c:04d}' for c in range(num_channels))}); remove it from the input, "
+                             f"or use a model trained on {max(extra) + 1} channels")
         missing = [c for c in range(num_channels) if c not in chans]
         if missing:
             raise ImageError(f"{p}: case '{case}' lacks channel file(s) {missing} (expected {case}_{missing[0]:04d}{endings[case]})")

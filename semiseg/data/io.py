@@ -143,12 +143,46 @@ def read_array(path: str | Path) -> tuple[np.ndarray, Geometry]:
     return arr, Geometry.of(img)
 
 
+def make_folder(path: str | Path, what: str = "output folder") -> Path:
+    """Create a folder (and its parents), or say which part of its path is a file: ``mkdir`` would raise a bare
+    FileExistsError / NotADirectoryError naming neither."""
+    path = Path(path)
+    for part in [path, *path.parents]:
+        if part.exists():
+            if not part.is_dir():
+                raise ValueError(f"{path}: cannot make the {what}: {part} is a file, not a folder")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot make the {what}: {e.strerror or e}") from None
+    return path
+
+
 def _tmp_in(path: Path, suffix: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should get the usual permissions
     return tmp
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether a file name is one of :func:`_tmp_in`'s temporaries (``.<name>.<random>.tmp<suffix>``)."""
+    return path.name.startswith(".") and ".tmp" in path.name and path.name.count(".") >= 3
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries a killed writer left in ``folder``; call only while no writer is live there (under
+    its folder lock). Returns what was removed."""
+    removed = []
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.is_file() and is_temporary(p):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
 
 
 def write_segmentation(seg: np.ndarray, geometry: Geometry, path: str | Path) -> None:

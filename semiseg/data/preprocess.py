@@ -4,6 +4,9 @@ normalise, resample to the plan's spacing; plus the inverse that puts a predicti
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from tqdm import tqdm
 
 from semiseg.config import Plan
 from semiseg.data.folder_lock import FolderLock
-from semiseg.data.io import Geometry, atomic_save_npy, atomic_write_json
+from semiseg.data.io import Geometry, atomic_save_npy, atomic_write_json, remove_temporaries
 
 Bbox = list[list[int]]  # [[z0, z1], [y0, y1], [x0, x1]]
 
@@ -147,6 +150,98 @@ def restore_to_input(seg_or_probs: np.ndarray, props: dict[str, Any], is_probabi
 
 
 # -- the cache ---------------------------------------------------------------------------------
+# RUN/cache/<case>.npy (C, z, y, x) float32, <case>_seg.npy (z, y, x) int16 (labelled cases only) and <case>.json,
+# the properties, written last; "arrays" in it records each array's shape and dtype, checked whenever one is read.
+DATA_DTYPE, SEG_DTYPE = "float32", "int16"
+
+
+class CacheError(ValueError):
+    """A cached array that does not match its properties (corrupt, truncated or from another preprocessing)."""
+
+
+def _array_specs(props: dict[str, Any], with_label: bool) -> dict[str, dict[str, Any]]:
+    """Expected shape and dtype of a case's arrays: as recorded, or (caches written before the record) the
+    resampled shape with any channel count."""
+    spatial = props.get("shape_after_resample")  # None: a hand-made entry; its shapes are not checked
+    specs = {"data": {"shape": None if spatial is None else [None, *spatial], "dtype": DATA_DTYPE}}
+    if with_label:
+        specs["seg"] = {"shape": spatial, "dtype": SEG_DTYPE}
+    recorded = props.get("arrays", {})
+    return {k: recorded.get(k, v) for k, v in specs.items()}
+
+
+def _array_path(cache: Path, case: str, which: str) -> Path:
+    return cache / (f"{case}.npy" if which == "data" else f"{case}_seg.npy")
+
+
+def array_problem(path: Path, spec: dict[str, Any]) -> str | None:
+    """None if the .npy at ``path`` is whole and has the recorded shape and dtype, else what is wrong (reads the
+    header only: cheap enough to run on every read)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            offset = f.tell()
+    except FileNotFoundError:
+        return "is missing"
+    except (OSError, ValueError, EOFError) as e:
+        return f"has an unreadable header ({e})"
+    want = spec["shape"]
+    wrong_shape = want is not None and (len(shape) != len(want) or any(w is not None and w != s for w, s in zip(want, shape)))
+    if wrong_shape or str(dtype) != spec["dtype"]:
+        return f"holds {str(dtype)} {list(shape)}, its properties say {spec['dtype']} {want}"
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    size = os.path.getsize(path)
+    if size < expected:
+        return f"is truncated ({size} of {expected} bytes)"
+    return None
+
+
+def load_cached(cache: str | Path, case: str, with_label: bool, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """A cached case's image (and label), each checked against its properties first: a corrupt or truncated
+    file is a CacheError naming it, not a cryptic mmap error or a silently wrong array."""
+    cache = Path(cache)
+    pj = cache / f"{case}.json"
+    try:
+        props = json.loads(pj.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{pj}: case '{case}' is not in the preprocessing cache") from None
+    except ValueError as e:
+        raise CacheError(f"{pj}: corrupt cache properties ({e}); delete it and run `semiseg preprocess` on the run folder again") from None
+    out: dict[str, np.ndarray] = {}
+    for which, spec in _array_specs(props, with_label).items():
+        path = _array_path(cache, case, which)
+        why = array_problem(path, spec)
+        if why is not None:
+            raise CacheError(f"{path}: cached array {why}; run `semiseg preprocess` on the run folder again "
+                             "(it redoes damaged cases)")
+        out[which] = np.load(path, mmap_mode="r" if mmap else None)
+    return out["data"], out.get("seg")
+
+
+def cached_foreground(cache: str | Path, case: str) -> bool:
+    """Whether a cached labelled case has any foreground voxel (its class locations are not all empty)."""
+    props = json.loads((Path(cache) / f"{case}.json").read_text())
+    return any(len(v) for v in props.get("class_locations", {}).values())
+
+
+def _worker_init(parent: int) -> None:
+    """Preprocessing workers stop with their parent, however it stops: the kernel sends SIGTERM when the parent
+    dies (Linux), and SIGTERM (also pool.terminate()'s) exits through ``finally`` blocks, which delete the
+    temporary file being written."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        sys.exit(128 + signal.SIGTERM)
+
+
 def _preprocess_one(args: tuple[Any, ...]) -> str:
     ds_root, split, plan_dict, case, with_label, out_dir = args
     from semiseg.data.dataset import RawDataset
@@ -159,9 +254,13 @@ def _preprocess_one(args: tuple[Any, ...]) -> str:
             raise ValueError(f"{path}: image contains {int((~np.isfinite(channel)).sum())} NaN/Inf voxels")
     data, lab, props = preprocess_array(image, geo, plan, label)
     out = Path(out_dir)
+    data = data.astype(DATA_DTYPE, copy=False)
     atomic_save_npy(out / f"{case}.npy", data)
+    props["arrays"] = {"data": {"shape": list(data.shape), "dtype": DATA_DTYPE}}
     if lab is not None:
-        atomic_save_npy(out / f"{case}_seg.npy", lab.astype(np.int16))
+        lab = lab.astype(SEG_DTYPE)
+        atomic_save_npy(out / f"{case}_seg.npy", lab)
+        props["arrays"]["seg"] = {"shape": list(lab.shape), "dtype": SEG_DTYPE}
         props["class_locations"] = class_locations(lab, sorted(plan.labels.values()))
     props["labelled"] = lab is not None
     atomic_write_json(out / f"{case}.json", props)  # written last: marks the case complete
@@ -176,17 +275,31 @@ def preprocess_dataset(ds_root: str | Path, split: Any, plan: Plan, cases: dict[
     if not _todo(ds_root, split, plan, cases, out):
         return  # nothing to write: no lock needed (readers side by side, e.g. benchmark --jobs children)
     with FolderLock(out, "preprocess"):
-        _preprocess_all(_todo(ds_root, split, plan, cases, out), out, workers, progress)  # again: another writer may have finished
+        remove_temporaries(out)  # left by a writer killed mid-file: under the lock, no other writer is live
+        try:
+            _preprocess_all(_todo(ds_root, split, plan, cases, out), out, workers, progress)  # again: another writer may have finished
+        finally:
+            remove_temporaries(out)  # interrupted: workers are stopped by now (pool.terminate joins them)
 
 
 def _todo(ds_root: str | Path, split: Any, plan: Plan, cases: dict[str, bool], out: Path) -> list[tuple]:
+    """The cases to (re)do: not cached yet, cached with the other label use, or cached arrays that do not match
+    their properties (a corrupt or truncated file is redone, with a note)."""
     import dataclasses
 
     todo = []
     for case, with_label in cases.items():
         pj = out / f"{case}.json"
-        if pj.is_file() and json.loads(pj.read_text()).get("labelled") == with_label:
-            continue
+        try:
+            props = json.loads(pj.read_text()) if pj.is_file() else None
+        except ValueError:
+            props = None
+        if props is not None and props.get("labelled") == with_label:
+            damaged = [(p, why) for which, spec in _array_specs(props, with_label).items()
+                       if (why := array_problem(p := _array_path(out, case, which), spec)) is not None]
+            if not damaged:
+                continue
+            print(f"{damaged[0][0]}: cached array {damaged[0][1]}; preprocessing '{case}' again", file=sys.stderr)
         todo.append((str(ds_root), split, dataclasses.asdict(plan), case, with_label, str(out)))
     return todo
 
@@ -200,7 +313,7 @@ def _preprocess_all(todo: list[tuple], out: Path, workers: int, progress: bool) 
             _preprocess_one(a)
             bar.update()
     else:
-        with get_context("spawn").Pool(workers) as pool:
+        with get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
             for _ in pool.imap_unordered(_preprocess_one, todo):
                 bar.update()
     bar.close()

@@ -20,6 +20,7 @@ import torch
 
 from semiseg.config import ALL_AXES
 from semiseg.data.augment import augment, build_augmentation
+from semiseg.data.preprocess import load_cached
 
 
 @dataclass
@@ -30,9 +31,8 @@ class CachedCase:
     locations: dict[str, list[list[int]]] = field(default_factory=dict)
 
     def load(self) -> tuple[np.ndarray, np.ndarray | None]:
-        data = np.load(self.data_path, mmap_mode="r")
-        seg = np.load(self.seg_path, mmap_mode="r") if self.seg_path is not None else None
-        return data, seg
+        """Memory-mapped arrays, checked against the case's properties (a damaged file is named)."""
+        return load_cached(self.data_path.parent, self.name, with_label=self.seg_path is not None)
 
 
 def open_cases(cache_dir: str | Path, cases: list[str], with_labels: bool) -> list[CachedCase]:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from semiseg.config import Plan
 from semiseg.data.cases import discover_cases, read_channels
 from semiseg.data.io import Geometry, ImageError, write_segmentation
+from semiseg.data.outputs import PredictionFolder, prediction_stamp
 from semiseg.deploy.ops import LabelRestorer, iter_slabs, preprocess, softmax
 
 RESAMPLE_MODES = ("probabilities", "logits")
@@ -91,6 +92,7 @@ class DeployPredictor:
         if not models:
             raise ValueError("no models given")
         self.step, self.batch, self.resample = step, batch, resample
+        self.model_paths = [Path(m) for m in models]
         self.networks: list[OrtNetwork] = []
         plan: Plan | None = None
         for m in models:
@@ -140,14 +142,20 @@ class DeployPredictor:
 
     def predict_folder(self, input_path: str | Path, output_dir: str | Path, overwrite: bool = False,
                        progress: bool = True) -> list[Path]:
-        """A file or every case of a folder; existing outputs are kept (resumable) unless ``overwrite``."""
+        """A file or every case of a folder; outputs of this same prediction are kept (resumable), label maps of any
+        other one refused (semiseg.data.outputs) unless ``overwrite``."""
         cases = discover_cases(input_path, self.plan.num_input_channels)
         out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        folder = PredictionFolder(out, prediction_stamp(self.model_paths, {"backend": "deploy", "step": self.step, "resample": self.resample}),
+                                  overwrite)
+        done = folder.begin(cases)  # refuses label maps of another prediction
         written = []
         for case, (paths, ending) in tqdm(cases.items(), desc="predict", unit="case", disable=not progress):
             target = out / f"{case}{ending}"
-            written.append(target if target.is_file() and not overwrite else self.predict_files(paths, target))
+            if case not in done:
+                self.predict_files(paths, target)
+                folder.record(case, target, paths)
+            written.append(target)
         return written
 
 

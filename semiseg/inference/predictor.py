@@ -27,6 +27,7 @@ from tqdm import tqdm
 from semiseg.config import Plan
 from semiseg.data.cases import IMAGE_ENDINGS, discover_cases, read_channels  # noqa: F401  (re-exported)
 from semiseg.data.io import Geometry, ImageError, write_segmentation
+from semiseg.data.outputs import PredictionFolder, prediction_stamp
 from semiseg.data.preprocess import preprocess_array
 from semiseg.inference.restore import LabelRestorer
 from semiseg.inference.sliding_window import TTA_AXES, Net, iter_slabs, sliding_window
@@ -258,18 +259,27 @@ class Predictor:
         return Path(out_path)
 
     def predict_folder(self, input_path: str | Path, output_dir: str | Path, overwrite: bool = False, progress: bool = True) -> list[Path]:
-        """Predict a file or every case of a folder; existing outputs are kept (resumable) unless ``overwrite``."""
+        """Predict a file or every case of a folder. Outputs of this same prediction are kept (resumable); label maps
+        of any other one in the folder are refused (semiseg.data.outputs), or replaced with ``overwrite``."""
         cases = discover_cases(input_path, self.plan.num_input_channels)
         out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        folder = PredictionFolder(out, prediction_stamp(self.model_paths, config_dict(self.cfg), self._postprocess_config()), overwrite)
+        done = folder.begin(cases)  # refuses label maps of another prediction (model, options, input) unless overwrite
         written = []
         for case, (paths, ending) in tqdm(cases.items(), desc="predict", unit="case", disable=not progress):
             target = out / f"{case}{ending}"
-            if target.is_file() and not overwrite:
-                written.append(target)
-                continue
-            written.append(self.predict_files(paths, target))
+            if case not in done:
+                self.predict_files(paths, target)
+                folder.record(case, target, paths)
+            written.append(target)
         return written
+
+    def _postprocess_config(self) -> Any:
+        pp = self.postprocess
+        if pp is None:
+            return None
+        to_config = getattr(pp, "to_config", None)
+        return to_config() if callable(to_config) else f"{type(pp).__module__}.{type(pp).__qualname__}"
 
 
 def config_dict(cfg: PredictorConfig) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from semiseg.argtypes import float_in, int_at_least, nonnegative_int, positive_int, unit_fraction
 from semiseg.selftrain.pipeline import METHODS, SelfTrainConfig
 from semiseg.selftrain.uncertainty import SelectionConfig
 
@@ -19,19 +20,19 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("selftrain", help="offline self-training: uncertainty-guided rounds, unfiltered, noisy student")
     p.add_argument("run", help="run folder (from `semiseg plan`)")
     p.add_argument("--method", default=_DEFAULT.method, choices=METHODS)
-    p.add_argument("--rounds", type=int, default=_DEFAULT.rounds, help="ensemble rounds before the final model (1 = single-round ablation)")
-    p.add_argument("--k", type=int, default=_DEFAULT.k, help="fold models per ensemble")
-    p.add_argument("--iterations", type=int, default=_DEFAULT.iterations, help="optimiser steps per model")
-    p.add_argument("--threshold", type=float, default=_DEFAULT.selection.threshold, help="keep a case when its score >= this")
-    p.add_argument("--top-fraction", type=float, default=None,
+    p.add_argument("--rounds", type=positive_int, default=_DEFAULT.rounds, help="ensemble rounds before the final model (1 = single-round ablation)")
+    p.add_argument("--k", type=int_at_least(2), default=_DEFAULT.k, help="fold models per ensemble")
+    p.add_argument("--iterations", type=positive_int, default=_DEFAULT.iterations, help="optimiser steps per model")
+    p.add_argument("--threshold", type=float_in(0.0, 1.0), default=_DEFAULT.selection.threshold, help="keep a case when its score >= this")
+    p.add_argument("--top-fraction", type=unit_fraction, default=None,
                    help="keep this share of the best-scored cases instead of applying --threshold (e.g. 0.5)")
     p.add_argument("--reduce-pairs", default=_DEFAULT.selection.pair_reduction, choices=["mean", "min"])
     p.add_argument("--reduce-classes", default=_DEFAULT.selection.class_reduction, choices=["mean", "min"])
     p.add_argument("--student-width", type=float, default=_DEFAULT.student_width, choices=[1.0, 0.5])
-    p.add_argument("--student-iterations", type=int, default=None, help="noisy student (default: --iterations)")
-    p.add_argument("--finetune-iterations", type=int, default=_DEFAULT.finetune_iterations)
-    p.add_argument("--seed", type=int, default=_DEFAULT.seed)
-    p.add_argument("--step", type=float, default=_DEFAULT.predict_step, help="sliding-window step when pseudo-labelling")
+    p.add_argument("--student-iterations", type=positive_int, default=None, help="noisy student (default: --iterations)")
+    p.add_argument("--finetune-iterations", type=positive_int, default=_DEFAULT.finetune_iterations)
+    p.add_argument("--seed", type=nonnegative_int, default=_DEFAULT.seed)
+    p.add_argument("--step", type=unit_fraction, default=_DEFAULT.predict_step, help="sliding-window step when pseudo-labelling")
     p.add_argument("--no-quality", action="store_true", help="skip the pseudo-label quality report against hidden labels")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_selftrain)

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from semiseg.config import Plan, TrainConfig, apply_overrides
 from semiseg.data.io import atomic_save_npy, atomic_write_json, read_array
-from semiseg.data.preprocess import class_locations, preprocess_array
+from semiseg.data.preprocess import class_locations, load_cached, preprocess_array
 from semiseg.engine.trainer import DataSpec, train
 from semiseg.inference.predictor import Predictor, PredictorConfig
 from semiseg.run import Run
@@ -95,6 +95,10 @@ class SelfTrainConfig:
             raise ValueError(f"k must be >= 2 (pairwise Dice needs two models), got {self.k}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        for name in ("iterations", "finetune_iterations", "student_iterations"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not 0 < self.student_width <= 1:
             raise ValueError(f"student_width must be in (0, 1], got {self.student_width}")
         if self.pseudo_per_labelled is not None and self.pseudo_per_labelled < 0:
@@ -320,12 +324,14 @@ def pseudo_label_case(predictor: Predictor, cache: Path, case: str, out: Path, s
         if save_model_masks:
             atomic_save_npy(out / "model_masks" / f"{case}_model{i}.npy", mask.astype(np.uint8))
 
-    mean = predictor.predict_preprocessed(np.load(cache / f"{case}.npy"), each_model=each_model)
+    data, _ = load_cached(cache, case, with_label=False, mmap=False)
+    mean = predictor.predict_preprocessed(data, each_model=each_model)
     seg = mean.argmax(0).to(torch.int16).cpu().numpy()
     matrix = acc.matrix()
     props = json.loads((cache / f"{case}.json").read_text())
     props.update(labelled=True, pseudo=True, class_locations=class_locations(seg, sorted(predictor.plan.labels.values())),
                  pairwise_dice=matrix.tolist(), num_models=len(predictor.networks))
+    props.setdefault("arrays", {})["seg"] = {"shape": list(seg.shape), "dtype": str(seg.dtype)}
     link_or_copy(cache / f"{case}.npy", out / f"{case}.npy")
     atomic_save_npy(out / f"{case}_seg.npy", seg)
     atomic_write_json(out / f"{case}.json", props)  # last: marks the case complete
