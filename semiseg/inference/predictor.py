@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from semiseg.config import Plan
-from semiseg.data.cases import IMAGE_ENDINGS, discover_cases, read_channels  # noqa: F401  (re-exported)
+from semiseg.data.cases import IMAGE_ENDINGS, discover_cases, read_channels, shard_of  # noqa: F401  (re-exported)
 from semiseg.data.io import Geometry, ImageError, write_segmentation
 from semiseg.data.preprocess import preprocess_array
 from semiseg.inference.restore import LabelRestorer
@@ -257,9 +257,14 @@ class Predictor:
         write_segmentation(seg, geo, out_path)
         return Path(out_path)
 
-    def predict_folder(self, input_path: str | Path, output_dir: str | Path, overwrite: bool = False, progress: bool = True) -> list[Path]:
-        """Predict a file or every case of a folder; existing outputs are kept (resumable) unless ``overwrite``."""
+    def predict_folder(self, input_path: str | Path, output_dir: str | Path, overwrite: bool = False, progress: bool = True,
+                       shard: tuple[int, int] | None = None) -> list[Path]:
+        """Predict a file or every case of a folder; existing outputs are kept (resumable) unless ``overwrite``.
+        ``shard`` (i, n): only shard i of n of the sorted cases (:func:`shard_of`), so n jobs started by any
+        scheduler into one output folder predict every case exactly once."""
         cases = discover_cases(input_path, self.plan.num_input_channels)
+        if shard is not None:
+            cases = {c: cases[c] for c in shard_of(list(cases), *shard)}
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         written = []
