@@ -6,7 +6,7 @@ tiny config, and the FLARE setting's wall time projected for 1, 4 and 16 workers
 
 Tiny config: the embedded ChaosT2 sample (4 labelled, 2 unlabelled MRI cases), a [4, 8, 16] U-Net, k = 2
 fold models of ``--iterations`` steps, 2 rounds, one torch thread per task. Both runs must give the same
-selections (checked). Per-task times come from the in-process run (trainings, pseudo-labelling of a
+selections (checked). The runs alternate (in-process, Ray, in-process, Ray) on fresh folders. Per-task times come from the in-process run (trainings, pseudo-labelling of a
 round) and a separate timing of loading the k models; the Ray overhead per batch of tasks (submission,
 scheduling, worker start, results) is the Ray run's batch wall time minus the makespan of its tasks' own
 times on 2 workers.
@@ -66,8 +66,9 @@ def project(t: dict[str, float], rounds: int, k: int, cases: int, final: bool, w
     return {"training_s": train + last, "pseudo_labelling_s": predict, "driver_s": driver, "total_s": train + last + predict + driver}
 
 
-def measure(iterations: int, work: Path) -> dict[str, Any]:
-    """Both runs on the tiny config; per-task times, overhead, wall times, and whether they agree."""
+def measure(iterations: int, repeats: int, work: Path) -> dict[str, Any]:
+    """Both runs on the tiny config, alternating (in-process, Ray, in-process, ...) so a change in the load
+    of a shared machine touches both alike; per-task times, overhead, wall times, and whether they agree."""
     import ray
 
     from semiseg.demo import sample_dataset
@@ -77,58 +78,76 @@ def measure(iterations: int, work: Path) -> dict[str, Any]:
     from semiseg.selftrain.pipeline import SelfTrainConfig, run_selftrain, selftrain_dir
     from semiseg.selftrain.uncertainty import SelectionConfig
 
+    # the better half of the cases is selected, so round 1 trains on new data (a threshold may select none,
+    # and round 1 would then reuse round 0's models)
     cfg = SelfTrainConfig(method="uncertainty", rounds=2, k=2, iterations=iterations, evaluate_quality=False,
-                          selection=SelectionConfig(threshold=0.5))
-    runs, walls, executors = {}, {}, {}
-    for name in ("local", "ray"):
-        run = create_run(sample_dataset(), work / name, overrides={}, progress=False, **TINY_PLAN)
+                          selection=SelectionConfig(top_fraction=0.5))
+    order = [(name, rep) for rep in range(repeats) for name in ("local", "ray")]
+    runs = {}
+    for name, rep in order:
+        run = create_run(sample_dataset(), work / f"{name}_{rep}", overrides={}, progress=False, **TINY_PLAN)
         run.ensure_preprocessed(labelled=True, unlabelled=True, progress=False)  # not timed: the same for both
-        runs[name] = run
+        runs[name, rep] = run
+    walls: dict[str, list[float]] = {"local": [], "ray": []}
+    executors: dict[str, list[Any]] = {"local": [], "ray": []}
     init_t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray_init_s = time.perf_counter() - init_t0
     try:
-        for name, ex in (("local", InProcessExecutor()), ("ray", RayExecutor(cases_per_shard=1))):
+        for name, rep in order:
+            ex = InProcessExecutor() if name == "local" else RayExecutor(cases_per_shard=1)
             t0 = time.perf_counter()
-            run_selftrain(runs[name], cfg, progress=False, executor=ex)
-            walls[name], executors[name] = time.perf_counter() - t0, ex
+            run_selftrain(runs[name, rep], cfg, progress=False, executor=ex)
+            walls[name].append(time.perf_counter() - t0)
+            executors[name].append(ex)
     finally:
         ray.shutdown()
-    sel = {n: [json.loads((selftrain_dir(r, cfg.method) / f"round_{i}" / "selected.json").read_text())["selected"] for i in range(cfg.rounds)]
-           for n, r in runs.items()}
-    local = executors["local"].timings
+    sel = {key: [json.loads((selftrain_dir(r, cfg.method) / f"round_{i}" / "selected.json").read_text())["selected"]
+                 for i in range(cfg.rounds)] for key, r in runs.items()}
+    local = [x for ex in executors["local"] for x in ex.timings]
     trains = [x.seconds for x in local if x.name.startswith("train round_")]
     shards = [x.seconds for x in local if x.name.startswith("pseudo-label")]
-    models = [selftrain_dir(runs["local"], cfg.method) / "round_0" / f"fold_{f}" / "model_final.pt" for f in range(cfg.k)]
+    models = [selftrain_dir(runs["local", 0], cfg.method) / "round_0" / f"fold_{f}" / "model_final.pt" for f in range(cfg.k)]
     loads = []
     for _ in range(3):
         t0 = time.perf_counter()
         Predictor(models, PredictorConfig(step=cfg.predict_step, device="cpu"))
         loads.append((time.perf_counter() - t0) / cfg.k)
     load_s = statistics.median(loads)
-    n_cases = len(runs["local"].dataset().unlabelled)
-    pass_s = statistics.mean((s - load_s * cfg.k) / (n_cases * cfg.k) for s in shards)
+    n_cases = len(runs["local", 0].dataset().unlabelled)
+    pass_s = statistics.median((s - load_s * cfg.k) / (n_cases * cfg.k) for s in shards)
     # Ray overhead: each batch's wall time minus its tasks' own times scheduled on the 2 workers
-    batches: dict[str, list[Any]] = {}
-    for x in executors["ray"].timings:
-        batches.setdefault(x.name.rsplit("/", 1)[0] if x.name.startswith("train round_") else x.name.split(" shard")[0], []).append(x)
-    overheads = [max(x.finished_after for x in b) - lpt_makespan([x.seconds for x in b], 2) for b in batches.values()]
-    driver = (walls["local"] - sum(x.seconds for x in local)) / cfg.rounds
+    overheads = []
+    for ex in executors["ray"]:
+        batches: dict[str, list[Any]] = {}
+        for x in ex.timings:
+            key = x.name.rsplit("/", 1)[0] if x.name.startswith("train round_") else x.name.split(" shard")[0]
+            batches.setdefault(key, []).append(x)
+        overheads += [max(x.finished_after for x in b) - lpt_makespan([x.seconds for x in b], 2) for b in batches.values()]
+    driver = statistics.median(w - sum(x.seconds for x in ex.timings) for w, ex in zip(walls["local"], executors["local"])) / cfg.rounds
+    best_local, best_ray = min(walls["local"]), min(walls["ray"])
+    share = {name: sum(x.cpu_seconds for ex in exs for x in ex.timings if x.name.startswith("train"))
+             / sum(x.seconds for ex in exs for x in ex.timings if x.name.startswith("train")) for name, exs in executors.items()}
     return {
         "tiny_config": {"data": "embedded ChaosT2 sample: 4 labelled, 2 unlabelled", "plan": TINY_PLAN, "selftrain": cfg.to_dict(),
-                        "threads_per_task": 1, "ray": "local, ray.init(num_cpus=2), RayExecutor(cases_per_shard=1)"},
+                        "threads_per_task": 1, "ray": "local, ray.init(num_cpus=2), RayExecutor(cases_per_shard=1)", "repeats": repeats},
         "wall_s": {"in_process": walls["local"], "ray_2_workers": walls["ray"], "ray_init": ray_init_s},
-        "speedup_ray_2_workers": walls["local"] / walls["ray"],
-        "speedup_ray_2_workers_with_init": walls["local"] / (walls["ray"] + ray_init_s),
-        "same_selections": sel["local"] == sel["ray"],
-        "selections": sel["local"],
-        "tasks": {"in_process": [dataclasses.asdict(x) for x in local], "ray": [dataclasses.asdict(x) for x in executors["ray"].timings]},
-        "per_task": {"train_s": statistics.mean(trains), "load_s": load_s, "pass_s": pass_s,
-                     "ray_overhead_per_batch_s": statistics.mean(overheads), "driver_per_round_s": driver},
-        "per_task_note": (f"train_s: one fold model ({iterations} steps); load_s: loading one model; pass_s: one model's "
-                          "sliding-window pass over one case (the pseudo-labelling of a round minus its model loads, per case "
-                          "and model); ray_overhead_per_batch_s: mean over the Ray run's batches; driver_per_round_s: the "
-                          "in-process run's time outside tasks (selection, CSV, plot, training folders), per round"),
+        "speedup_ray_2_workers": best_local / best_ray,
+        "speedup_ray_2_workers_with_init": best_local / (best_ray + ray_init_s),
+        "speedup_note": "best in-process wall over best Ray wall of the alternating repeats",
+        "cpu_share_per_training": share,
+        "cpu_share_note": ("CPU seconds over wall seconds of the trainings, each with one thread: 1.0 when a task has a core "
+                           "to itself; two Ray workers at 0.5 each means the machine had one core free for this run"),
+        "same_selections": all(v == sel["local", 0] for v in sel.values()),
+        "selections": sel["local", 0],
+        "tasks": {name: [[dataclasses.asdict(x) for x in ex.timings] for ex in exs] for name, exs in executors.items()},
+        "per_task": {"train_s": statistics.median(trains), "load_s": load_s, "pass_s": pass_s,
+                     "ray_overhead_per_batch_s": statistics.median(overheads), "driver_per_round_s": driver},
+        "per_task_note": (f"medians over the runs. train_s: one fold model ({iterations} steps); load_s: loading one model; "
+                          "pass_s: one model's sliding-window pass over one case (the pseudo-labelling of a round minus its model "
+                          "loads, per case and model); ray_overhead_per_batch_s: a Ray batch's wall time minus its tasks' "
+                          "makespan on 2 workers; driver_per_round_s: the in-process run's time outside tasks (selection, "
+                          "CSV, plot, training folders), per round"),
     }
 
 
@@ -155,7 +174,8 @@ def table(t: dict[str, float], cases_per_shard: int) -> tuple[list[dict[str, Any
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--iterations", type=int, default=120, help="steps per tiny fold model")
+    ap.add_argument("--iterations", type=int, default=80, help="steps per tiny fold model")
+    ap.add_argument("--repeats", type=int, default=2, help="alternating in-process and Ray runs of the measurement")
     ap.add_argument("--cases-per-shard", type=int, default=10, help="shard size of the projected Ray runs")
     ap.add_argument("--train-s", type=float, default=None, help="project with this training time instead of measuring")
     ap.add_argument("--load-s", type=float, default=None, help="... and this model load time")
@@ -179,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--train-s, --load-s and --pass-s go together")
     else:
         with tempfile.TemporaryDirectory(prefix="ray_projection_") as tmp:
-            doc.update(measure(a.iterations, Path(tmp)))
+            doc.update(measure(a.iterations, a.repeats, Path(tmp)))
         t = doc["per_task"]
         out_name = "ray_projection"
         if not doc["same_selections"]:
@@ -195,10 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         md += ["## Measured on the tiny config", "",
                f"{doc['tiny_config']['data']}; plan {TINY_PLAN}; k = 2 fold models of {a.iterations} steps, 2 rounds, one thread a task.", "",
                "| run | wall | speed-up |", "|---|---:|---:|",
-               f"| in-process | {w['in_process']:.1f} s | 1.00x |",
-               f"| Ray, 2 local workers | {w['ray_2_workers']:.1f} s | {doc['speedup_ray_2_workers']:.2f}x |",
-               f"| Ray, 2 local workers, with ray.init ({w['ray_init']:.1f} s) | {w['ray_2_workers'] + w['ray_init']:.1f} s | "
-               f"{doc['speedup_ray_2_workers_with_init']:.2f}x |", "",
+               f"| in-process | {' / '.join(f'{x:.1f}' for x in w['in_process'])} s | 1.00x |",
+               f"| Ray, 2 local workers | {' / '.join(f'{x:.1f}' for x in w['ray_2_workers'])} s | {doc['speedup_ray_2_workers']:.2f}x |",
+               f"| Ray, 2 local workers, with ray.init ({w['ray_init']:.1f} s, once) | | {doc['speedup_ray_2_workers_with_init']:.2f}x |", "",
+               f"Walls of the alternating repeats; speed-up: {doc['speedup_note']}. CPU share a one-thread training "
+               f"received (CPU seconds / wall seconds): in-process {doc['cpu_share_per_training']['local']:.2f}, Ray workers "
+               f"{doc['cpu_share_per_training']['ray']:.2f} each ({doc['cpu_share_note']}).", "",
                f"Same selections in both runs: {doc['same_selections']}.", ""]
     md += ["## Per-task times", "", "| task | seconds |", "|---|---:|"]
     md += [f"| {k} | {v:.3f} |" for k, v in t.items()] + ["", doc["per_task_note"], "", "## Projected wall time", ""] + md_rows

@@ -32,12 +32,14 @@ class Task:
 
 @dataclass(frozen=True)
 class Timing:
-    """A finished task's time inside its worker, and when the driver saw it finish (seconds after its
-    batch was submitted: the difference to ``seconds`` is queueing and scheduling)."""
+    """A finished task's wall and CPU time inside its worker (CPU well under wall: the task waited for
+    a core), and when the driver saw it finish (seconds after its batch was submitted: the difference
+    to ``seconds`` is queueing, scheduling and worker start)."""
 
     name: str
     seconds: float
     finished_after: float
+    cpu_seconds: float
 
 
 class Executor(Protocol):
@@ -68,10 +70,10 @@ class InProcessExecutor:
     def run(self, tasks: Sequence[Task], progress: bool = True, desc: str = "tasks") -> list[Any]:
         out, start = [], time.perf_counter()
         for t in tasks:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out.append(t.fn(*t.args, **t.kwargs))
             now = time.perf_counter()
-            self.timings.append(Timing(t.name, now - t0, now - start))
+            self.timings.append(Timing(t.name, now - t0, now - start, time.process_time() - c0))
         return out
 
     def __enter__(self) -> "InProcessExecutor":
@@ -81,15 +83,15 @@ class InProcessExecutor:
         return None
 
 
-def _timed_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], threads: int) -> tuple[Any, float]:
+def _timed_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], threads: int) -> tuple[Any, float, float]:
     """The body of every Ray task: torch gets the task's CPU share as threads (not the node's core
     count, which would oversubscribe a node running several tasks), and the time is measured inside."""
     from semiseg.engine.threads import apply_threads
 
     apply_threads(threads)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = fn(*args, **kwargs)
-    return result, time.perf_counter() - t0
+    return result, time.perf_counter() - t0, time.process_time() - c0
 
 
 def import_ray() -> Any:
@@ -161,14 +163,14 @@ class RayExecutor:
                 done, pending = ray.wait(pending, num_returns=1)
                 ref = done[0]
                 try:
-                    value, seconds = ray.get(ref)
+                    value, seconds, cpu = ray.get(ref)
                 except ray.exceptions.RayTaskError as e:  # the task raised: its own exception, not Ray's wrapper
                     errors.append(e.as_instanceof_cause())
                 except ray.exceptions.RayError as e:  # worker died more often than max_retries, node lost, ...
                     errors.append(RuntimeError(f"ray task {names[ref]!r} failed after {self.max_retries} retries: {e}"))
                 else:
                     results[ref] = value
-                    self.timings.append(Timing(names[ref], seconds, time.perf_counter() - t0))
+                    self.timings.append(Timing(names[ref], seconds, time.perf_counter() - t0, cpu))
                 bar.update(1)
         if errors:
             raise errors[0]
