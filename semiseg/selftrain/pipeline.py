@@ -22,6 +22,10 @@ Layout (every step resumable: finished models and per-case pseudo-labels are nev
     RUN/selftrain_<method>/final/                the single final model (noisy student: student/, finetune/)
     RUN/selftrain_<method>/summary.json
 
+Where the work runs is an executor's business (:mod:`semiseg.selftrain.executor`): the k fold models of a
+round, the shards of its pseudo-labelling and the final models are tasks, in this process one after
+another by default or as Ray tasks on a cluster; the results do not depend on it.
+
 Labels of unlabelled cases are never read for training or selection: the cache holds none for them,
 and :func:`evaluate_pseudo_labels` (the only reader, for the quality report) writes nothing that
 training or selection reads.
@@ -361,11 +365,14 @@ def _remove_partial_case(out: Path, case: str) -> None:
         p.unlink(missing_ok=True)
 
 
+def _is_finished(out: Path, case: str) -> bool:
+    return all((out / f"{case}{end}").is_file() for end in (".json", "_seg.npy", ".npy"))
+
+
 def _finished_matrix(out: Path, case: str) -> np.ndarray | None:
-    pj = out / f"{case}.json"
-    if not (pj.is_file() and (out / f"{case}_seg.npy").is_file() and (out / f"{case}.npy").is_file()):
+    if not _is_finished(out, case):
         return None
-    return np.asarray(json.loads(pj.read_text())["pairwise_dice"], dtype=np.float64)
+    return np.asarray(json.loads((out / f"{case}.json").read_text())["pairwise_dice"], dtype=np.float64)
 
 
 def pseudo_label(run: Run, models: Sequence[Path], cases: Sequence[str], out: Path, cfg: SelfTrainConfig,
@@ -394,7 +401,7 @@ def pseudo_label_sharded(run: Run, models: Sequence[Path], cases: Sequence[str],
     out.mkdir(parents=True, exist_ok=True)
     n = executor.shard_count(len(cases))
     shards = [shard_of(cases, i, n) for i in range(n)]
-    todo = [(i, s) for i, s in enumerate(shards) if any(_finished_matrix(out, c) is None for c in s)]
+    todo = [(i, s) for i, s in enumerate(shards) if not all(_is_finished(out, c) for c in s)]
     tasks = [Task(pseudo_label, (run, list(models), s, out, cfg), dict(device=device, progress=progress and not executor.distributed),
                   name=f"pseudo-label {out.parent.name} shard {i}/{n}") for i, s in todo]
     done: dict[str, np.ndarray] = {}
