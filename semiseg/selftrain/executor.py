@@ -121,7 +121,7 @@ class RayExecutor:
     num_cpus: int | None = None
     distributed: bool = True
     timings: list[Timing] = field(default_factory=list)
-    _started: bool = False
+    _started: bool = field(default=False, init=False, repr=False)  # this executor started Ray, so it stops it
 
     def __post_init__(self) -> None:
         if self.cpus_per_task <= 0 or self.gpus_per_task < 0:
