@@ -126,13 +126,16 @@ def load_postprocess(spec: str | None, model_path: str) -> Any:
 def cmd_predict(a: argparse.Namespace) -> int:
     from semiseg.inference import Predictor
 
+    from semiseg.data.cases import parse_shard
+
     cfg = predictor_config(a)
+    shard = parse_shard(a.shard) if a.shard else None  # before loading models: a typo fails at once
     t0 = time.time()
     pred = Predictor.from_path(a.model, cfg, postprocess=load_postprocess(a.postprocess, a.model))
     if a.profile:
         from semiseg.profiling import profile_call
 
-        written, report = profile_call(pred.predict_folder, a.input, a.output, overwrite=a.overwrite, progress=not a.quiet)
+        written, report = profile_call(pred.predict_folder, a.input, a.output, overwrite=a.overwrite, progress=not a.quiet, shard=shard)
         out = Path(a.output)
         from semiseg.data.io import atomic_write_json
 
@@ -141,7 +144,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         summary = {k: v for k, v in report.to_dict().items() if k != "samples"}
         print(json.dumps(summary, indent=2) + f"\nsamples and plot: {out / 'profile.json'}, {out / 'profile.png'}")
     else:
-        written = pred.predict_folder(a.input, a.output, overwrite=a.overwrite, progress=not a.quiet)
+        written = pred.predict_folder(a.input, a.output, overwrite=a.overwrite, progress=not a.quiet, shard=shard)
     print(f"{len(written)} case(s) -> {a.output} ({time.time() - t0:.1f} s, {len(pred.networks)} model(s))")
     return 0
 
@@ -242,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--postprocess", default=None, help="JSON/YAML list of post-processing steps")
     p.add_argument("--profile", action="store_true", help="sample time/RAM/CPU/GPU memory every 0.1 s (FLARE figures)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="only shard I of N of the sorted cases (0 <= I < N), for N jobs of any scheduler")
     _predict_options(p)
     p.set_defaults(func=cmd_predict)
 

@@ -49,28 +49,31 @@ def _is_label_map(p: Path) -> bool:
 class PredictionFolder:
     """``begin`` says which cases are already done (and refuses stale outputs); ``record`` vouches for a new one."""
 
-    def __init__(self, folder: str | Path, stamp: dict[str, Any], overwrite: bool = False):
+    def __init__(self, folder: str | Path, stamp: dict[str, Any], overwrite: bool = False, part: str = ""):
+        """``part`` names this writer's own record (e.g. "shard-0-of-4"): jobs predicting shards of one input into
+        one folder at the same time each keep a record, and every record of the same prediction vouches."""
         self.folder = Path(folder)
         self.stamp = stamp
         self.overwrite = overwrite
+        self.manifest_name = f"{Path(MANIFEST).stem}.{part}.json" if part else MANIFEST
         self.entries: dict[str, dict[str, Any]] = {}
 
-    def _manifest(self) -> dict[str, Any] | None:
-        path = self.folder / MANIFEST
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            return {}  # unreadable: vouches for nothing
-        return raw if isinstance(raw, dict) else {}
+    def _manifests(self) -> dict[str, dict[str, Any]]:
+        """Every record in the folder by file name (an unreadable one vouches for nothing)."""
+        out: dict[str, dict[str, Any]] = {}
+        for path in sorted(self.folder.glob(f"{Path(MANIFEST).stem}*.json")):
+            try:
+                raw = json.loads(path.read_text())
+            except (FileNotFoundError, ValueError):
+                raw = {}
+            out[path.name] = raw if isinstance(raw, dict) else {}
+        return out
 
     def begin(self, cases: dict[str, tuple[list[Path], str]]) -> set[str]:
         """The cases whose output is already there from this same prediction (to skip)."""
         make_folder(self.folder, "output folder")
-        manifest = self._manifest() or {}
-        same = manifest.get("stamp") == self.stamp
-        vouched = {e.get("file"): e for e in manifest.get("cases", {}).values()} if same else {}
+        manifests = self._manifests()
+        vouched = {e.get("file"): e for m in manifests.values() if m.get("stamp") == self.stamp for e in m.get("cases", {}).values()}
         targets = {f"{case}{ending}": (case, paths) for case, (paths, ending) in cases.items()}
         done, stale = set(), []
         for p in sorted(self.folder.iterdir()):
@@ -84,8 +87,9 @@ class PredictionFolder:
                 continue
             stale.append(p.name)
         if stale and not self.overwrite:
-            why = "another model or other options" if manifest.get("stamp") not in (None, self.stamp) else \
-                "another prediction (or a changed input)" if manifest else "a prediction this folder has no record of"
+            other = any(m.get("stamp") not in (None, self.stamp) for m in manifests.values())
+            why = "another model or other options" if other else \
+                "another prediction (or a changed input)" if manifests else "a prediction this folder has no record of"
             raise ValueError(f"{self.folder}: holds {len(stale)} label map(s) from {why}, e.g. {stale[0]}: predicting into it "
                              "would mix them with this model's; pass --overwrite to replace them, or choose another --output")
         if self.overwrite:
@@ -93,9 +97,10 @@ class PredictionFolder:
             if left:
                 print(f"{self.folder}: --overwrite leaves {len(left)} label map(s) of other cases in place, e.g. {left[0]}", file=sys.stderr)
             return set()
-        self.entries = {c: e for c, e in manifest.get("cases", {}).items() if same}
+        own = manifests.get(self.manifest_name, {})
+        self.entries = dict(own.get("cases", {})) if own.get("stamp") == self.stamp else {}
         return done
 
     def record(self, case: str, target: Path, paths: Sequence[Path]) -> None:
         self.entries[case] = {"file": target.name, "inputs": _input_ids(paths)}
-        atomic_write_json(self.folder / MANIFEST, {"stamp": self.stamp, "cases": self.entries})
+        atomic_write_json(self.folder / self.manifest_name, {"stamp": self.stamp, "cases": self.entries})

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from semiseg.config import Plan
-from semiseg.data.cases import IMAGE_ENDINGS, discover_cases, read_channels  # noqa: F401  (re-exported)
+from semiseg.data.cases import IMAGE_ENDINGS, discover_cases, read_channels, shard_of  # noqa: F401  (re-exported)
 from semiseg.data.io import Geometry, ImageError, write_segmentation
 from semiseg.data.outputs import PredictionFolder, prediction_stamp
 from semiseg.data.preprocess import preprocess_array
@@ -258,12 +258,18 @@ class Predictor:
         write_segmentation(seg, geo, out_path)
         return Path(out_path)
 
-    def predict_folder(self, input_path: str | Path, output_dir: str | Path, overwrite: bool = False, progress: bool = True) -> list[Path]:
+    def predict_folder(self, input_path: str | Path, output_dir: str | Path, overwrite: bool = False, progress: bool = True,
+                       shard: tuple[int, int] | None = None) -> list[Path]:
         """Predict a file or every case of a folder. Outputs of this same prediction are kept (resumable); label maps
-        of any other one in the folder are refused (semiseg.data.outputs), or replaced with ``overwrite``."""
+        of any other one in the folder are refused (semiseg.data.outputs), or replaced with ``overwrite``.
+        ``shard`` (i, n): only shard i of n of the sorted cases (:func:`shard_of`), so n jobs started by any
+        scheduler into one output folder predict every case exactly once (each keeps its own record)."""
         cases = discover_cases(input_path, self.plan.num_input_channels)
+        if shard is not None:
+            cases = {c: cases[c] for c in shard_of(list(cases), *shard)}
         out = Path(output_dir)
-        folder = PredictionFolder(out, prediction_stamp(self.model_paths, config_dict(self.cfg), self._postprocess_config()), overwrite)
+        folder = PredictionFolder(out, prediction_stamp(self.model_paths, config_dict(self.cfg), self._postprocess_config()), overwrite,
+                                  part=f"shard-{shard[0]}-of-{shard[1]}" if shard is not None else "")
         done = folder.begin(cases)  # refuses label maps of another prediction (model, options, input) unless overwrite
         written = []
         for case, (paths, ending) in tqdm(cases.items(), desc="predict", unit="case", disable=not progress):
