@@ -16,55 +16,13 @@ from tqdm import tqdm
 from semiseg.config import Plan
 from semiseg.data.folder_lock import FolderLock
 from semiseg.data.io import Geometry, atomic_save_npy, atomic_write_json
-
-Bbox = list[list[int]]  # [[z0, z1], [y0, y1], [x0, x1]]
-
-
-def nonzero_bbox(image: np.ndarray) -> Bbox:
-    """Bounding box of voxels that are non-zero in any channel (whole image if none)."""
-    mask = np.any(image != 0, axis=0)
-    if not mask.any():
-        return [[0, s] for s in mask.shape]
-    bbox = []
-    for ax in range(3):
-        other = tuple(i for i in range(3) if i != ax)
-        idx = np.where(mask.any(axis=other))[0]
-        bbox.append([int(idx[0]), int(idx[-1]) + 1])
-    return bbox
+from semiseg.grid import Bbox, nonzero_bbox, normalize, preprocess, resampled_shape  # noqa: F401  (re-exported)
 
 
 def crop_to_nonzero(image: np.ndarray, label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, Bbox]:
     bbox = nonzero_bbox(image)
     sl = tuple(slice(a, b) for a, b in bbox)
     return image[(slice(None),) + sl], (label[sl] if label is not None else None), bbox
-
-
-def normalize(image: np.ndarray, schemes: list[dict[str, Any]]) -> np.ndarray:
-    """CT: clip to foreground 0.5/99.5 percentiles, then global foreground z-score; else per-case z-score."""
-    # computed in place in ``out`` (same float32 operations as the plain expressions): a CT volume is
-    # 0.5 GB per float32 copy, and prediction's peak RAM is set here
-    out = np.empty_like(image, dtype=np.float32)
-    for c, sch in enumerate(schemes):
-        o = out[c]
-        if sch["scheme"] == "ct":
-            o[...] = image[c]
-            np.clip(o, np.float32(sch["lower"]), np.float32(sch["upper"]), out=o)
-            o -= np.float32(sch["mean"])
-            o /= np.float32(max(sch["std"], 1e-8))
-        elif sch["scheme"] == "zscore":
-            o[...] = image[c]
-            mean, std = o.mean(), max(float(o.std()), 1e-8)
-            o -= mean
-            o /= np.float32(std)
-        elif sch["scheme"] == "none":
-            o[...] = image[c]
-        else:
-            raise ValueError(f"unknown normalisation scheme '{sch['scheme']}' (ct, zscore, none)")
-    return out
-
-
-def resampled_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target: list[float]) -> list[int]:
-    return [max(1, int(round(s * sp / t))) for s, sp, t in zip(shape, spacing, target)]
 
 
 def resample_image(image: np.ndarray, new_shape: list[int]) -> np.ndarray:
@@ -100,16 +58,14 @@ def resample_nearest(label: np.ndarray, new_shape: list[int]) -> np.ndarray:
 
 
 def preprocess_array(image: np.ndarray, geometry: Geometry, plan: Plan, label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """One case: crop, normalise, resample. Returns data, label and the properties to invert it."""
-    if not np.isfinite(image).all():
-        raise ValueError("image contains NaN/Inf voxels")
-    cropped, lab, bbox = crop_to_nonzero(image, label)
-    data = normalize(cropped, plan.normalization)
-    new_shape = resampled_shape(cropped.shape[1:], geometry.spacing_zyx, plan.target_spacing)
-    data = resample_image(data, new_shape)
-    if lab is not None:
-        lab = resample_labels(lab, new_shape, sorted(plan.labels.values()))
-    props = {"geometry": geometry.to_dict(), "bbox": bbox, "shape_after_crop": list(cropped.shape[1:]), "shape_after_resample": new_shape}
+    """One case: crop, normalise, resample (semiseg.grid.preprocess, torch's trilinear kernel). Returns data,
+    label and the properties to invert it."""
+    data, props = preprocess(image, geometry.spacing_zyx, plan, resize=resample_image)
+    props["geometry"] = geometry.to_dict()
+    lab = None
+    if label is not None:
+        lab = resample_labels(label[tuple(slice(a, b) for a, b in props["bbox"])], props["shape_after_resample"],
+                              sorted(plan.labels.values()))
     return data, lab, props
 
 

@@ -15,27 +15,19 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from semiseg.config import Plan
-from semiseg.data.cases import discover_cases, read_channels
+from semiseg.data.cases import discover_cases, read_channels  # noqa: F401  (discover_cases re-exported)
 from semiseg.data.io import Geometry, ImageError, write_segmentation
-from semiseg.deploy.ops import LabelRestorer, iter_slabs, preprocess, softmax
+from semiseg.grid import LabelRestorer, iter_slabs, preprocess, softmax
+from semiseg.runtime import find_model_files, onnx_session, predict_folder
 
 RESAMPLE_MODES = ("probabilities", "logits")
 
 
 def find_onnx(path: str | Path) -> list[Path]:
     """An .onnx file, a folder with model_final.onnx, or a folder of fold_*/model_final.onnx (an ensemble)."""
-    p = Path(path)
-    if p.is_file():
-        return [p]
-    if (p / "model_final.onnx").is_file():
-        return [p / "model_final.onnx"]
-    found = sorted(p.glob("fold_*/model_final.onnx"))
-    if not found:
-        raise FileNotFoundError(f"{p}: no model_final.onnx here nor in fold_*/ (run `semiseg export-onnx {p}` first)")
-    return found
+    return find_model_files(path, "model_final.onnx", f" (run `semiseg export-onnx {path}` first)")
 
 
 def plan_path(onnx_file: Path) -> Path:
@@ -51,21 +43,7 @@ class OrtNetwork:
     """One ONNX Runtime session: float32 (B, C, *patch) windows -> (B, K, *patch) logits."""
 
     def __init__(self, path: Path, threads: int | None = None, providers: Sequence[str] | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ImportError("deployment needs onnxruntime: pip install 'semiseg[onnx]'") from None
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        avail = ort.get_available_providers()
-        chosen = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in avail]
-        try:
-            self.session = ort.InferenceSession(str(path), so, providers=chosen or ["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for corrupt files
-            raise ValueError(f"{path}: cannot load ONNX model: {e}") from None
+        self.session = onnx_session(path, threads, providers)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -141,14 +119,8 @@ class DeployPredictor:
     def predict_folder(self, input_path: str | Path, output_dir: str | Path, overwrite: bool = False,
                        progress: bool = True) -> list[Path]:
         """A file or every case of a folder; existing outputs are kept (resumable) unless ``overwrite``."""
-        cases = discover_cases(input_path, self.plan.num_input_channels)
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        written = []
-        for case, (paths, ending) in tqdm(cases.items(), desc="predict", unit="case", disable=not progress):
-            target = out / f"{case}{ending}"
-            written.append(target if target.is_file() and not overwrite else self.predict_files(paths, target))
-        return written
+        return predict_folder(self.predict_files, input_path, output_dir, self.plan.num_input_channels, overwrite,
+                              progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

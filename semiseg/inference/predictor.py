@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from semiseg.config import Plan
 from semiseg.data.cases import IMAGE_ENDINGS, discover_cases, read_channels  # noqa: F401  (re-exported)
@@ -30,6 +29,7 @@ from semiseg.data.io import Geometry, ImageError, write_segmentation
 from semiseg.data.preprocess import preprocess_array
 from semiseg.inference.restore import LabelRestorer
 from semiseg.inference.sliding_window import TTA_AXES, Net, iter_slabs, sliding_window
+from semiseg.runtime import find_model_files, predict_folder
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("torch", "onnx")
@@ -71,15 +71,7 @@ class PredictorConfig:
 
 def find_models(path: str | Path) -> list[Path]:
     """A model file, a folder with model_final.pt, or a folder of fold_*/model_final.pt (an ensemble)."""
-    p = Path(path)
-    if p.is_file():
-        return [p]
-    if (p / "model_final.pt").is_file():
-        return [p / "model_final.pt"]
-    found = sorted(p.glob("fold_*/model_final.pt"))
-    if not found:
-        raise FileNotFoundError(f"{p}: no model_final.pt here nor in fold_*/ subfolders")
-    return found
+    return find_model_files(path, "model_final.pt")
 
 
 def _same_preprocessing(a: Plan, b: Plan) -> bool:
@@ -259,17 +251,8 @@ class Predictor:
 
     def predict_folder(self, input_path: str | Path, output_dir: str | Path, overwrite: bool = False, progress: bool = True) -> list[Path]:
         """Predict a file or every case of a folder; existing outputs are kept (resumable) unless ``overwrite``."""
-        cases = discover_cases(input_path, self.plan.num_input_channels)
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        written = []
-        for case, (paths, ending) in tqdm(cases.items(), desc="predict", unit="case", disable=not progress):
-            target = out / f"{case}{ending}"
-            if target.is_file() and not overwrite:
-                written.append(target)
-                continue
-            written.append(self.predict_files(paths, target))
-        return written
+        return predict_folder(self.predict_files, input_path, output_dir, self.plan.num_input_channels, overwrite,
+                              progress)
 
 
 def config_dict(cfg: PredictorConfig) -> dict[str, Any]:

@@ -1,0 +1,58 @@
+"""Torch-free pieces both predictors share (semiseg.inference with torch, semiseg.deploy without):
+finding the model files of a training folder or an ensemble, opening an ONNX Runtime session, and the
+resumable loop over the cases of an input folder."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm import tqdm
+
+from semiseg.data.cases import discover_cases
+
+
+def find_model_files(path: str | Path, name: str, hint: str = "") -> list[Path]:
+    """A model file, a folder with ``name`` in it, or a folder of fold_*/``name`` (an ensemble)."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if (p / name).is_file():
+        return [p / name]
+    found = sorted(p.glob(f"fold_*/{name}"))
+    if not found:
+        raise FileNotFoundError(f"{p}: no {name} here nor in fold_*/ subfolders{hint}")
+    return found
+
+
+def onnx_session(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None) -> Any:
+    """An ONNX Runtime session on CUDA when available, else the CPU; ``threads`` intra-op threads, one
+    inter-op thread. A file ONNX Runtime cannot load is a ValueError naming it."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError("ONNX prediction needs onnxruntime: pip install 'semiseg[onnx]' (onnx, onnxruntime)") from None
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    avail = ort.get_available_providers()
+    chosen = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in avail]
+    try:
+        return ort.InferenceSession(str(path), so, providers=chosen or ["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for corrupt files
+        raise ValueError(f"{path}: cannot load ONNX model: {e}") from None
+
+
+def predict_folder(predict_files: Callable[[Sequence[Path], Path], Path], input_path: str | Path,
+                   output_dir: str | Path, channels: int, overwrite: bool = False, progress: bool = True) -> list[Path]:
+    """``predict_files(channel_paths, target)`` for a file or every case of a folder, each written under
+    its input's name; existing outputs are kept (resumable) unless ``overwrite``."""
+    cases = discover_cases(input_path, channels)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for case, (paths, ending) in tqdm(cases.items(), desc="predict", unit="case", disable=not progress):
+        target = out / f"{case}{ending}"
+        written.append(target if target.is_file() and not overwrite else predict_files(paths, target))
+    return written
