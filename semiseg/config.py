@@ -57,7 +57,7 @@ class Plan:
         return len(self.labels)
 
     def save(self, path: str | Path) -> None:
-        from semiseg.data.io import atomic_write_text
+        from semiseg.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(dataclasses.asdict(self), indent=2))
 
@@ -104,7 +104,7 @@ class TrainConfig:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
 
     def save(self, path: str | Path) -> None:
-        from semiseg.data.io import atomic_write_text
+        from semiseg.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(dataclasses.asdict(self), indent=2))
 

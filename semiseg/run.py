@@ -144,7 +144,7 @@ def train_fold(
     """Train one fold (or ``all``) of a run with any method; preprocesses what it needs first.
 
     Unlabelled cases (for methods that use them) enter only as images: the cache holds no labels for them."""
-    from semiseg.engine import distributed
+    from semiseg import distributed
     from semiseg.engine.trainer import DataSpec, train
     from semiseg.methods import get_method
 

@@ -189,7 +189,7 @@ def test_case_ranges():
 
 @pytest.fixture(scope="module")
 def report(bench):
-    from semiseg.benchmark.report import write_report
+    from semiseg.report.html import write_report
 
     return write_report([bench["results"]], bench["base"] / "report")
 
@@ -336,7 +336,7 @@ def test_results_name_paths_relative_to_the_checkout_and_the_data_root(bench, tm
     """A results file names no directory of the machine that wrote it; reading it gives this machine's paths back."""
     from semiseg.benchmark import results
     from semiseg.benchmark.harness import prepare, restore_pieces, write_results
-    from semiseg.benchmark.report import write_report
+    from semiseg.report.html import write_report
 
     base = bench["base"]
     monkeypatch.setattr(results, "repo_root", lambda: base / "work")  # as if the work folder were the checkout ...
@@ -371,7 +371,7 @@ def _gone(doc: dict, where: Path, thumbnails: bool = True) -> dict:
 
 
 def test_report_from_a_fresh_clone_says_once_that_run_files_are_gone(bench, tmp_path):
-    from semiseg.benchmark.report import write_report
+    from semiseg.report.html import write_report
 
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(_gone(json.loads(bench["results"].read_text()), tmp_path / "gone", thumbnails=False)))
@@ -386,7 +386,7 @@ def test_report_from_a_fresh_clone_says_once_that_run_files_are_gone(bench, tmp_
 def test_report_shows_the_thumbnails_kept_with_the_results(bench, tmp_path):
     from PIL import Image
 
-    from semiseg.benchmark.report import write_report
+    from semiseg.report.html import write_report
     from semiseg.benchmark.thumbnails import piece_thumbnails
 
     doc = json.loads(bench["results"].read_text())
@@ -447,7 +447,7 @@ def test_postprocessed_scores_remove_a_stray_blob(tmp_path):
 def test_benchmark_with_postprocess_scores_every_run(bench, tmp_path):
     from semiseg.benchmark.harness import prepare, write_results
     from semiseg.benchmark.readme_table import table_for
-    from semiseg.benchmark.report import write_report
+    from semiseg.report.html import write_report
 
     work = tmp_path / "work"
     shutil.copytree(bench["base"] / "work", work, symlinks=True)

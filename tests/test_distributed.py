@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from semiseg.config import Plan, TrainConfig
-from semiseg.engine import distributed
+from semiseg import distributed
 from semiseg.engine.trainer import DataSpec, make_batches
 from semiseg.methods.base import Method
 from semiseg.run import create_run

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from semiseg.data.strong_views import mixed_strong_view
-from semiseg.engine.ema import ema_update
 from semiseg.losses import dice_ce, masked_dice_ce
 from semiseg.methods.base import Method, StepContext, register
+from semiseg.methods.ema import ema_update
 from semiseg.networks import main_output
 
 CONFLICT_MODES = ("confidence", "latest")

@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from semiseg.engine import distributed
+from semiseg import distributed
 
 
 @dataclass
@@ -89,7 +89,7 @@ class Method(nn.Module):
         """Backward + clipped step of the named optimisers, through the AMP grad scaler if any.
 
         Under torchrun the gradients are averaged over processes here, before clipping, which makes
-        every method data-parallel (semiseg.engine.distributed)."""
+        every method data-parallel (semiseg.distributed)."""
         opts = [self.optimizers[n] for n in names]
         for o in opts:
             o.zero_grad(set_to_none=True)

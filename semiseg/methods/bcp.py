@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from semiseg.data.cutmix import box_mask, cutmix
-from semiseg.engine.ema import ema_update
 from semiseg.losses import dice_ce, masked_dice_ce
 from semiseg.methods.base import Method, StepContext, register
+from semiseg.methods.ema import ema_update
 from semiseg.networks import main_output
 
 

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from semiseg.data.cutmix import box_mask, cutmix
-from semiseg.engine.rampup import sigmoid_rampup
 from semiseg.losses import dice_ce, one_hot, soft_dice
 from semiseg.methods.base import Method, StepContext, register
 from semiseg.methods.mean_teacher import Output, split_output, supervised_loss
+from semiseg.methods.rampup import sigmoid_rampup
 from semiseg.networks import main_output
 
 

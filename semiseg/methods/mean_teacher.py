@@ -14,10 +14,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from semiseg.engine.ema import ema_update
-from semiseg.engine.rampup import sigmoid_rampup
 from semiseg.losses import dice_ce
 from semiseg.methods.base import Method, StepContext, register
+from semiseg.methods.ema import ema_update
+from semiseg.methods.rampup import sigmoid_rampup
 from semiseg.networks import main_output
 
 Output = torch.Tensor | list[torch.Tensor]

@@ -1,0 +1,59 @@
+"""Atomic file writes: a temporary name beside the target, then a rename, so a crash never leaves half a
+file and a reader never sees one. The bottom floor of the package: everything that writes results,
+caches or configuration uses these (numpy only)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextmanager
+def replacing(path: str | Path, suffix: str) -> Iterator[str]:
+    """A temporary file name beside ``path`` (ending in ``suffix``, for writers that go by the ending) that
+    is renamed onto ``path`` when the block ends without error, and removed otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should get the usual permissions
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with replacing(path, Path(path).suffix) as tmp:
+        Path(tmp).write_text(text)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
+    with replacing(path, ".npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
