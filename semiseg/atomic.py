@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,3 +58,18 @@ def _json_default(o: Any) -> Any:
 def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
     with replacing(path, ".npy") as tmp, open(tmp, "wb") as f:
         np.save(f, arr)
+
+
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """Hard link (no extra disk), or copy across file systems, under a temporary name then renamed; an
+    existing target is kept."""
+    dst = Path(dst)
+    if dst.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)

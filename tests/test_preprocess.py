@@ -222,6 +222,23 @@ def test_preprocess_dataset_is_resumable(raw, tmp_path, spy):
     assert not [p.name for p in cache.iterdir() if p.name.startswith(".")]
 
 
+def test_cache_module_names_every_file_the_cache_holds(raw, tmp_path):
+    """semiseg.data.cache owns the names: a preprocessed folder holds exactly the files Cache.files lists,
+    and its reader gives back what was written."""
+    from semiseg.data.cache import Cache
+
+    cache = Cache(tmp_path / "cache")
+    preprocess_dataset(raw, None, make_plan(), CASES, cache.root, progress=False)
+    named = {p.name for c, labelled in CASES.items() for p in cache.files(c, labelled)}
+    assert {p.name for p in cache.root.iterdir() if not p.name.startswith(".")} == named
+    assert all(cache.has_all_files(c, labelled) for c, labelled in CASES.items())
+    assert cache.props("a")["labelled"] is True and cache.props("missing") is None
+    assert cache.load_seg("a").shape == cache.load_data("a", mmap=True).shape[1:]
+    copy = Cache(tmp_path / "copy")
+    copy.link_case(cache, "a", labelled=True)
+    assert copy.props("a") == cache.props("a") and np.array_equal(copy.load_data("a"), cache.load_data("a"))
+
+
 def test_preprocess_dataset_redoes_case_whose_label_use_changed(raw, tmp_path, spy):
     cache = tmp_path / "cache"
     preprocess_dataset(raw, None, make_plan(), {"a": False}, cache, progress=False)

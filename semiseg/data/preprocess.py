@@ -3,7 +3,6 @@ normalise, resample to the plan's spacing; plus the inverse that puts a predicti
 """
 from __future__ import annotations
 
-import json
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from semiseg.config import Plan
+from semiseg.data.cache import Cache
 from semiseg.data.folder_lock import FolderLock
-from semiseg.data.io import Geometry, atomic_save_npy, atomic_write_json
+from semiseg.data.io import Geometry
 from semiseg.grid import Bbox, nonzero_bbox, normalize, preprocess, resampled_shape  # noqa: F401  (re-exported)
 
 
@@ -114,13 +114,10 @@ def _preprocess_one(args: tuple[Any, ...]) -> str:
         if not np.isfinite(channel).all():
             raise ValueError(f"{path}: image contains {int((~np.isfinite(channel)).sum())} NaN/Inf voxels")
     data, lab, props = preprocess_array(image, geo, plan, label)
-    out = Path(out_dir)
-    atomic_save_npy(out / f"{case}.npy", data)
     if lab is not None:
-        atomic_save_npy(out / f"{case}_seg.npy", lab.astype(np.int16))
         props["class_locations"] = class_locations(lab, sorted(plan.labels.values()))
     props["labelled"] = lab is not None
-    atomic_write_json(out / f"{case}.json", props)  # written last: marks the case complete
+    Cache(Path(out_dir)).write_case(case, data, lab, props)  # the properties last: they mark the case complete
     return case
 
 
@@ -138,10 +135,10 @@ def preprocess_dataset(ds_root: str | Path, split: Any, plan: Plan, cases: dict[
 def _todo(ds_root: str | Path, split: Any, plan: Plan, cases: dict[str, bool], out: Path) -> list[tuple]:
     import dataclasses
 
-    todo = []
+    todo, cache = [], Cache(out)
     for case, with_label in cases.items():
-        pj = out / f"{case}.json"
-        if pj.is_file() and json.loads(pj.read_text()).get("labelled") == with_label:
+        props = cache.props(case)
+        if props is not None and props.get("labelled") == with_label:
             continue
         todo.append((str(ds_root), split, dataclasses.asdict(plan), case, with_label, str(out)))
     return todo
