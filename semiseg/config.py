@@ -93,6 +93,7 @@ class TrainConfig:
     # no scaler: bf16 keeps fp32's exponent range), "fp16" (CUDA only), "fp32". Master weights stay fp32.
     precision: str = "auto"
     augmentation: str = "teacher"  # preset name in semiseg.data.augment
+    unlabelled_augmentation: str = "mirror"  # preset of the unlabelled stream, for methods that read it
     checkpoint_every: int = 250
     num_workers: int = 0
     method_params: dict[str, Any] = field(default_factory=dict)

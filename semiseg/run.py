@@ -149,6 +149,7 @@ def train_fold(
     from semiseg.methods import get_method
 
     method_cls = get_method(cfg.method)
+    method_cls.parse_params(cfg.method_params)  # a typo is refused before any preprocessing or training
     needs_u = method_cls.needs_unlabelled
     distributed.setup(device)  # under torchrun: process 0 preprocesses, the others then read its cache
     with distributed.main_first() as info:

@@ -76,14 +76,20 @@ def piece_key(cfg: BenchmarkConfig, entry: MethodSpec, seed: int, plan: Plan) ->
     })
 
 
+KEYED_WHEN_SET = {"precision": "auto", "unlabelled_augmentation": "mirror"}  # TrainConfig fields added after pieces existed
+
+
 def _train_key(tc: TrainConfig) -> dict[str, Any]:
     """The training config as keyed: ``num_workers`` never changes a batch (batches are a function of (seed,
-    step)), so it is left out; ``precision`` is left out at its default so pieces made before it existed stay valid
-    (keys are compared as written, so they keep checkpoint_every; runs compare by comparable_train_config)."""
+    step)), so it is left out; fields added later (``precision``, ``unlabelled_augmentation``) are left out at their
+    defaults so pieces made before they existed stay valid (keys are compared as written, so they keep
+    checkpoint_every; runs compare by comparable_train_config). ``method_params`` is keyed as written in the
+    benchmark file, not with the method's defaults filled in."""
     d = dataclasses.asdict(tc)
     d.pop("num_workers", None)
-    if d.get("precision") == "auto":
-        d.pop("precision")
+    for name, default in KEYED_WHEN_SET.items():
+        if d.get(name) == default:
+            d.pop(name)
     return d
 
 

@@ -56,7 +56,7 @@ def make_batches(plan: Plan, cfg: TrainConfig, spec: DataSpec, method: Method,
     if method.needs_unlabelled:
         if not spec.unlabelled:
             raise ValueError(f"method '{cfg.method}' needs unlabelled cases but the split has none")
-        unl = PatchSampler(open_cases(spec.cache, spec.unlabelled, False), plan.patch_size, 0.0, cfg.method_params.get("unlabelled_augmentation", "mirror"),
+        unl = PatchSampler(open_cases(spec.cache, spec.unlabelled, False), plan.patch_size, 0.0, cfg.unlabelled_augmentation,
                            plan.mirror_axes)
     pseudo = None
     if spec.pseudo:
@@ -190,8 +190,7 @@ def _refuse_other_config(path: Path, cfg: TrainConfig) -> None:
 
 def _inference_net_cfg(plan: Plan, method: Method):
     """The NetworkConfig of the kept network (a method may keep a different arch, e.g. DLUNet's light net)."""
-    overrides = getattr(method, "inference_network_overrides", None) or {}
-    return dataclasses.replace(plan.network, **overrides)
+    return dataclasses.replace(plan.network, **method.inference_network_overrides)
 
 
 def history_keys(history: list[dict[str, float]]) -> list[str]:
