@@ -2,18 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from semiseg.config import read_data_file
-
-EPOCH = 250  # iterations per epoch, as nnU-Net
-# subcommands that live beside their stage's code: each module has register_cli(subparsers)
-PLUGINS = ("semiseg.selftrain.cli", "semiseg.inference.cli", "semiseg.benchmark.cli")
+from semiseg.config import EPOCH_LENGTH, read_data_file
 
 
 def _parse_value(text: str) -> Any:
@@ -83,7 +78,7 @@ def build_train_config(a: argparse.Namespace) -> Any:
     if a.iterations is not None:
         cfg.iterations = a.iterations
     if a.epochs is not None:
-        cfg.iterations = a.epochs * EPOCH
+        cfg.iterations = a.epochs * EPOCH_LENGTH
     if a.seed is not None:
         cfg.seed = a.seed
     cfg = apply_overrides(cfg, _overrides(a.set))
@@ -218,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, help="supervised | mean-teacher | ua-mt | cps | dlunet | mpl | bcp | unimatch | ad-mt")
     p.add_argument("--config", default=None, help="TrainConfig as JSON/YAML")
     p.add_argument("--iterations", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None, help=f"x{EPOCH} iterations")
+    p.add_argument("--epochs", type=int, default=None, help=f"x{EPOCH_LENGTH} iterations")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE", help="override TrainConfig fields, e.g. method_params.lambda=1.0")
     p.add_argument("--name", default=None, help="model folder name (default: the method)")
@@ -250,13 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_output")
     p.add_argument("--iterations", type=int, default=None)
     p.set_defaults(func=cmd_demo)
-    for mod in PLUGINS:
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-            continue
+    # subcommands that live beside their stage's code
+    from semiseg.benchmark import cli as benchmark_cli
+    from semiseg.inference import cli as inference_cli
+    from semiseg.selftrain import cli as selftrain_cli
+
+    for module in (selftrain_cli, inference_cli, benchmark_cli):
         module.register_cli(sub)
     return ap
 

@@ -114,6 +114,7 @@ class TrainConfig:
         return cls(**json.loads(Path(path).read_text()))
 
 
+EPOCH_LENGTH = 250  # iterations per epoch, nnU-Net's: ``--epochs``, per-epoch method hooks, curve smoothing
 RESULT_NEUTRAL = ("num_workers", "checkpoint_every")  # TrainConfig fields that change no number of a training
 
 

@@ -1,5 +1,5 @@
 """Benchmark harness on a tiny synthetic dataset: results structure, gap closure, resume, refusal of
-mixed configurations, self-training plug-in skipped cleanly, HTML report (self-contained, rendered by
+mixed configurations, HTML report (self-contained, rendered by
 headless Chromium when installed) and the generated README table."""
 from __future__ import annotations
 
@@ -154,18 +154,6 @@ def test_changed_budget_is_refused_not_mixed(bench):
         run_benchmark(cfg, device="cpu", progress=False)
 
 
-def test_selftrain_entry_is_skipped_when_its_pipeline_is_missing(bench, monkeypatch):
-    from semiseg.benchmark import runners
-
-    monkeypatch.setattr(runners.SelfTrainRunner, "module", "semiseg.selftrain._not_there_for_this_test")
-    cfg = config_from_dict(raw_config(bench["data"], bench["base"], name="tiny_st", methods=["uncertainty"]))
-    out = run_benchmark(cfg, only=["uncertainty"], device="cpu", progress=False)
-    doc = json.loads(out.read_text())
-    assert [s["entry"] for s in doc["skipped"]] == ["uncertainty"] and "not importable" in doc["skipped"][0]["reason"]
-    assert not doc["complete"] and doc["missing"] == ["uncertainty/seed_0"]
-    assert list(doc["entries"]) == ["lower", "upper"]  # the bounds already run in this work folder are reused
-
-
 @pytest.mark.parametrize("change, message", [
     ({"bogus": 1}, "unknown field"),
     ({"split": {"labelled": ["l0", "l1"], "unlabelled": ["l1"], "test": ["t0"]}}, "both labelled and unlabelled"),
@@ -270,11 +258,6 @@ def test_unknown_method_param_is_an_error(bench):
 
 
 def test_selftrain_entry_runs_through_the_pipeline(bench):
-    from semiseg.benchmark.runners import runner_for
-
-    reason = runner_for("unfiltered").unavailable()
-    if reason:
-        pytest.skip(reason)
     cfg = config_from_dict(raw_config(bench["data"], bench["base"], name="tiny_self", seeds=[0],
                                       methods=[{"method": "unfiltered", "params": {"k": 2, "rounds": 1}}]))
     doc = json.loads(run_benchmark(cfg, only=["unfiltered"], device="cpu", progress=False).read_text())

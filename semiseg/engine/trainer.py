@@ -16,14 +16,12 @@ import torch
 from tqdm import tqdm
 
 from semiseg import distributed
-from semiseg.config import Plan, TrainConfig, comparable_train_config
+from semiseg.config import EPOCH_LENGTH, Plan, TrainConfig, comparable_train_config
 from semiseg.data.folder_lock import FolderLock
 from semiseg.data.io import atomic_write_json
 from semiseg.data.sampling import PatchSampler, TrainingBatches, open_cases
 from semiseg.methods import Method, StepContext, build_method
 from semiseg.networks.model_file import atomic_torch_save, load_model, read_file, read_model, save_model  # noqa: F401 (load_model: re-exported)
-
-EPOCH_LENGTH = 250  # nnU-Net's epoch, used for per-epoch hooks (adaptive weights) and log averages
 
 
 def pick_device(name: str | None = None) -> torch.device:

@@ -152,7 +152,7 @@ class Method(nn.Module):
         pass
 
     def on_epoch_end(self, ctx: StepContext) -> None:
-        """Called every ``epoch_length`` steps (default 250, nnU-Net's epoch)."""
+        """Called every ``semiseg.config.EPOCH_LENGTH`` steps (250, nnU-Net's epoch)."""
 
 
 METHODS: dict[str, type[Method]] = {}
