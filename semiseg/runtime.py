@@ -24,6 +24,15 @@ def find_model_files(path: str | Path, name: str, hint: str = "") -> list[Path]:
     return found
 
 
+# what models of one ensemble must share: they see the same preprocessed volume and their scores are averaged
+ENSEMBLE_FIELDS = ("target_spacing", "normalization", "labels", "num_input_channels")
+
+
+def plan_mismatch(a: Any, b: Any, fields: Sequence[str] = ENSEMBLE_FIELDS) -> list[str]:
+    """The plan fields (of ``fields``) in which two models' plans differ; empty when they can form an ensemble."""
+    return [f for f in fields if getattr(a, f) != getattr(b, f)]
+
+
 def onnx_session(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None) -> Any:
     """An ONNX Runtime session on CUDA when available, else the CPU; ``threads`` intra-op threads, one
     inter-op thread. A file ONNX Runtime cannot load is a ValueError naming it."""

@@ -518,7 +518,8 @@ def test_committed_pieces_keep_their_keys_and_every_config_validates():
         cfg = SimpleNamespace(budget=Budget(**doc["benchmark"]["budget"]))
         for run in doc["runs"]:
             entry = MethodSpec(run["entry"], run["method"], run["params"])
-            assert _train_key(train_config(cfg, entry, int(run["seed"]))) == run["key"]["train_config"], (f.name, run["entry"])
+            rebuilt = _train_key(train_config(cfg, entry, int(run["seed"])))
+            assert rebuilt == run["key"]["train_config"], (f.name, run["entry"])
             checked += 1
     assert checked > 20
     params = SimpleNamespace(budget=Budget(iterations=10))

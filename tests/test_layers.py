@@ -12,7 +12,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("base", ["semiseg.atomic", "semiseg.grid", "semiseg.profiling"]),
     ("config", ["semiseg.config"]),
     ("data", ["semiseg.data"]),
-    ("blocks", ["semiseg.distributed", "semiseg.networks", "semiseg.losses", "semiseg.evaluation", "semiseg.postprocess", "semiseg.runtime"]),
+    ("blocks", ["semiseg.distributed", "semiseg.networks", "semiseg.losses", "semiseg.evaluation", "semiseg.postprocess",
+                "semiseg.runtime"]),
     ("methods", ["semiseg.methods"]),
     ("engine", ["semiseg.engine"]),
     ("prediction", ["semiseg.inference", "semiseg.deploy"]),
@@ -83,6 +84,7 @@ def test_the_walker_sees_lazy_relative_and_submodule_imports() -> None:
     assert [m for _, m in imports_in(src, "semiseg.methods.base", False)] == [
         "semiseg.engine.trainer", "semiseg.config", "semiseg.methods.ema", "semiseg.run"]
     assert floor("semiseg.engine.trainer") > floor("semiseg.methods.base")  # would be reported
-    assert floor("semiseg.inference.cli") > floor("semiseg.run") > floor("semiseg.inference.predictor") > floor("semiseg.engine.trainer")
+    assert (floor("semiseg.inference.cli") > floor("semiseg.run") > floor("semiseg.inference.predictor")
+            > floor("semiseg.engine.trainer"))
     assert floor("semiseg.atomic") < floor("semiseg.config") < floor("semiseg.data.io") < floor("semiseg.methods")
     assert floor("semiseg.grid") < floor("semiseg.deploy.predict") and floor("semiseg") == len(LAYERS) - 1

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from semiseg.atomic import atomic_save_npy, atomic_write_json, atomic_write_text, replacing  # noqa: F401  (atomic_*: re-exported)
+# the atomic writers are semiseg.atomic's; re-exported for the many callers that write images and JSON together
+from semiseg.atomic import atomic_save_npy, atomic_write_json, atomic_write_text, replacing  # noqa: F401
 
 
 class ImageError(ValueError):

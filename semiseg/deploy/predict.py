@@ -20,7 +20,7 @@ from semiseg.config import Plan
 from semiseg.data.cases import discover_cases, read_channels  # noqa: F401  (discover_cases re-exported)
 from semiseg.data.io import Geometry, ImageError, write_segmentation
 from semiseg.grid import LabelRestorer, iter_slabs, preprocess, softmax
-from semiseg.runtime import find_model_files, onnx_session, predict_folder
+from semiseg.runtime import ENSEMBLE_FIELDS, find_model_files, onnx_session, plan_mismatch, predict_folder
 
 RESAMPLE_MODES = ("probabilities", "logits")
 
@@ -50,9 +50,8 @@ class OrtNetwork:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
-def _same_preprocessing(a: Plan, b: Plan) -> bool:
-    return (a.target_spacing == b.target_spacing and a.normalization == b.normalization and a.labels == b.labels
-            and a.num_input_channels == b.num_input_channels and a.patch_size == b.patch_size)
+# an exported graph takes windows of the patch it was traced with, and the windows are cut at the first plan's
+SHARED_FIELDS = (*ENSEMBLE_FIELDS, "patch_size")
 
 
 class DeployPredictor:
@@ -73,8 +72,9 @@ class DeployPredictor:
         plan: Plan | None = None
         for m in models:
             p = Plan.load(plan_path(Path(m)))
-            if plan is not None and not _same_preprocessing(plan, p):
-                raise ValueError(f"{m}: its plan (spacing/normalisation/labels/patch) differs from the first model's")
+            differ = plan_mismatch(plan, p, SHARED_FIELDS) if plan is not None else []
+            if differ:
+                raise ValueError(f"{m}: its plan differs from the first model's in {', '.join(differ)}")
             plan = p
             self.networks.append(OrtNetwork(Path(m), threads, providers))
         assert plan is not None

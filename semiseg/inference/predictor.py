@@ -29,7 +29,7 @@ from semiseg.data.io import Geometry, ImageError, write_segmentation
 from semiseg.data.preprocess import preprocess_array
 from semiseg.inference.restore import LabelRestorer
 from semiseg.inference.sliding_window import TTA_AXES, Net, iter_slabs, sliding_window
-from semiseg.runtime import find_model_files, predict_folder
+from semiseg.runtime import find_model_files, plan_mismatch, predict_folder
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("torch", "onnx")
@@ -72,11 +72,6 @@ class PredictorConfig:
 def find_models(path: str | Path) -> list[Path]:
     """A model file, a folder with model_final.pt, or a folder of fold_*/model_final.pt (an ensemble)."""
     return find_model_files(path, "model_final.pt")
-
-
-def _same_preprocessing(a: Plan, b: Plan) -> bool:
-    return (a.target_spacing == b.target_spacing and a.normalization == b.normalization
-            and a.labels == b.labels and a.num_input_channels == b.num_input_channels)
 
 
 class _InstanceNormAsGroupNorm(nn.Module):
@@ -135,8 +130,9 @@ class Predictor:
         plan: Plan | None = None
         for m in models:
             net, p = load_model(m, self.device)
-            if plan is not None and not _same_preprocessing(plan, p):
-                raise ValueError(f"{m}: its plan (spacing/normalisation/labels) differs from the first model's")
+            differ = plan_mismatch(plan, p) if plan is not None else []
+            if differ:
+                raise ValueError(f"{m}: its plan differs from the first model's in {', '.join(differ)}")
             plan = p
             if self.cfg.backend == "onnx":
                 from semiseg.inference.onnx_backend import OnnxNetwork, ensure_onnx

@@ -25,7 +25,7 @@ from torch import nn
 
 from semiseg import grid
 from semiseg.config import ALL_AXES
-from semiseg.grid import ArrayOps, Slab, patch_pads, stream_slabs, window_starts  # noqa: F401  (Slab, window_starts re-exported)
+from semiseg.grid import ArrayOps, Slab, patch_pads, stream_slabs, window_starts  # noqa: F401  (Slab: re-exported)
 from semiseg.networks import main_output
 
 Net = nn.Module | Callable[[torch.Tensor], torch.Tensor]

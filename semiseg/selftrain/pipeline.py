@@ -311,7 +311,7 @@ def pseudo_label_case(predictor: Predictor, cache: Path, case: str, out: Path, s
         raise FileNotFoundError(f"{src.props_path(case)}: case '{case}' is not in the preprocessing cache")
     props.update(labelled=True, pseudo=True, class_locations=class_locations(seg, sorted(predictor.plan.labels.values())),
                  pairwise_dice=matrix.tolist(), num_models=len(predictor.networks))
-    dst.write_case(case, src.data_path(case), seg, props)  # the data linked; the properties last: they mark the case complete
+    dst.write_case(case, src.data_path(case), seg, props)  # data linked; the properties last mark the case complete
     return matrix
 
 
