@@ -34,6 +34,40 @@ def replacing(path: str | Path, suffix: str) -> Iterator[str]:
             os.unlink(tmp)
 
 
+def is_temporary(path: Path) -> bool:
+    """Whether a file name is one of :func:`replacing`'s temporaries (``.<name>.<random>.tmp<suffix>``)."""
+    return path.name.startswith(".") and ".tmp" in path.name and path.name.count(".") >= 3
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries a killed writer left in ``folder``; call only while no writer is live there (under
+    its folder lock). Returns what was removed."""
+    removed = []
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.is_file() and is_temporary(p):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def make_folder(path: str | Path, what: str = "output folder") -> Path:
+    """Create a folder (and its parents), or say which part of its path is a file: ``mkdir`` would raise a bare
+    FileExistsError / NotADirectoryError naming neither."""
+    path = Path(path)
+    for part in [path, *path.parents]:
+        if part.exists():
+            if not part.is_dir():
+                raise ValueError(f"{path}: cannot make the {what}: {part} is a file, not a folder")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot make the {what}: {e.strerror or e}") from None
+    return path
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     with replacing(path, Path(path).suffix) as tmp:
         Path(tmp).write_text(text)

@@ -62,13 +62,15 @@ class Plan:
         atomic_write_text(path, json.dumps(dataclasses.asdict(self), indent=2))
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "Plan":
-        """A plan from its JSON form (``dataclasses.asdict``), as plan.json files and checkpoints hold it."""
-        return cls(**{**raw, "network": NetworkConfig(**raw.get("network", {}))})
+    def from_dict(cls, raw: dict[str, Any], source: str = "plan") -> "Plan":
+        """A plan from its JSON form (``dataclasses.asdict``), as plan.json files and checkpoints hold it; an
+        unknown or missing field is refused naming ``source``."""
+        net = fields_from(NetworkConfig, raw.get("network", {}), f"{source}: network")
+        return cls(**{**fields_from(cls, raw, source, nested=("network",)), "network": NetworkConfig(**net)})
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(read_data_file(path), str(path))
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -99,6 +101,14 @@ class TrainConfig:
     method_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "unlabelled_batch_size", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not isinstance(self.method_params, dict):
+            raise ValueError(f"method_params must be a mapping of option -> value, got {self.method_params!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.num_workers < 0:
@@ -110,8 +120,18 @@ class TrainConfig:
         atomic_write_text(path, json.dumps(dataclasses.asdict(self), indent=2))
 
     @classmethod
+    def from_dict(cls, raw: Any, source: str = "training config") -> "TrainConfig":
+        """A training config from a mapping (a --config file, train_config.json); unknown fields are refused by
+        name (a typo would otherwise train with the default), values checked in ``__post_init__``."""
+        fields = fields_from(cls, raw, source)
+        try:
+            return cls(**fields)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+
+    @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        return cls(**json.loads(Path(path).read_text()))
+        return cls.from_dict(read_data_file(path), str(path))
 
 
 EPOCH_LENGTH = 250  # iterations per epoch, nnU-Net's: ``--epochs``, per-epoch method hooks, curve smoothing
@@ -123,6 +143,23 @@ def comparable_train_config(d: dict[str, Any]) -> dict[str, Any]:
     defaults (a field added later must not make old runs look different), result-neutral fields dropped."""
     full = json.loads(json.dumps({**dataclasses.asdict(TrainConfig()), **d}))  # as read back from JSON: tuples are lists
     return {k: v for k, v in full.items() if k not in RESULT_NEUTRAL}
+
+
+def fields_from(cls: type, raw: Any, source: str, nested: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``raw`` checked to hold only fields of the dataclass ``cls`` and all its required ones (errors name
+    ``source`` and the fields); ``nested`` fields are left to the caller."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: expected a mapping of {cls.__name__} fields, got {type(raw).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ValueError(f"{source}: unknown {cls.__name__} field(s) {', '.join(map(repr, unknown))} "
+                         f"(known: {', '.join(known)})")
+    required = [n for n, f in known.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in raw]
+    if missing:
+        raise ValueError(f"{source}: missing {cls.__name__} field(s) {', '.join(map(repr, missing))}")
+    return {k: v for k, v in raw.items() if k not in nested}
 
 
 def apply_overrides(obj: T, overrides: dict[str, Any]) -> T:
@@ -148,7 +185,7 @@ def apply_overrides(obj: T, overrides: dict[str, Any]) -> T:
                 sub = dataclasses.replace(sub) if dataclasses.is_dataclass(sub) else dict(sub) if isinstance(sub, dict) else sub
                 setattr(target, p, sub)
                 target = sub
-    return obj
+    return dataclasses.replace(obj)  # once more through __init__: the overridden values are checked as given ones are
 
 
 def read_data_file(path: str | Path) -> Any:

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 
 from semiseg.config import Plan, TrainConfig
+from semiseg.data.cache import Cache
 from semiseg.data.dataset import RawDataset
-from semiseg.data.io import atomic_write_json
+from semiseg.data.io import atomic_write_json, make_folder
 from semiseg.data.plan import fingerprint, make_plan
 from semiseg.data.preprocess import preprocess_dataset
+from semiseg.networks import check_patch
 
 
 @dataclass
@@ -28,11 +30,17 @@ class Run:
 
     @property
     def plan(self) -> Plan:
-        return Plan.load(self.root / "plan.json")
+        return Plan.load(self._file("plan.json"))
 
     @property
     def source(self) -> dict[str, Any]:
-        return json.loads((self.root / "source.json").read_text())
+        return json.loads(self._file("source.json").read_text())
+
+    def _file(self, name: str) -> Path:
+        path = self.root / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.root}: not a run folder (no {name}; make one with `semiseg plan DATASET --out {self.root}`)")
+        return path
 
     def dataset(self) -> RawDataset:
         s = self.source
@@ -51,6 +59,9 @@ class Run:
             cases.update({c: False for c in ds.unlabelled})
         self._check_cache_plan()
         preprocess_dataset(ds.root, self.source.get("split"), self.plan, cases, self.cache, workers, progress)
+        if labelled and ds.labelled and not any(Cache(self.cache).has_foreground(c) for c in ds.labelled):
+            raise ValueError(f"{ds.label_path(ds.labelled[0]).parent}: every labelled mask is empty after preprocessing "
+                             f"({len(ds.labelled)} cases, e.g. {ds.label_path(ds.labelled[0]).name}): there is nothing to learn")
 
     def _check_cache_plan(self) -> None:
         """The cache is only valid for the preprocessing it was made with: if plan.json's spacing,
@@ -91,12 +102,19 @@ class Run:
         return splits
 
     def training_cases(self, fold: str | int, k: int = 5) -> tuple[list[str], list[str]]:
+        check_fold(fold, k)
         if str(fold) == "all":
             return sorted(self.dataset().labelled), []
-        if not str(fold).isdigit() or not 0 <= int(fold) < k:
-            raise ValueError(f"fold {fold!r}: choose 0..{k - 1} (k = {k}) or 'all'")
         s = self.folds(k)[int(fold)]
         return s["train"], s["val"]
+
+
+def check_fold(fold: str | int, k: int) -> None:
+    """A fold is 'all' or 0..k-1 of k >= 2 folds; checked before any work (the CLI calls it at once)."""
+    if str(fold) != "all" and k < 2:
+        raise ValueError(f"--k {k}: k-fold training needs k >= 2 folds (or --fold all)")
+    if str(fold) != "all" and (not str(fold).isdigit() or not 0 <= int(fold) < k):
+        raise ValueError(f"fold {fold!r}: choose 0..{k - 1} (k = {k}) or 'all'")
 
 
 def create_run(
@@ -118,8 +136,8 @@ def create_run(
     plan = make_plan(ds, fp, spacing=spacing, max_patch_voxels=max_patch_voxels, base_features=base_features, max_features=max_features)
     if overrides:
         plan = apply_overrides(plan, overrides)
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
+    check_patch(plan.network, plan.patch_size, "plan (with --set overrides)" if overrides else "plan")
+    root = make_folder(out, "run folder")
     plan.save(root / "plan.json")
     atomic_write_json(root / "source.json", {"dataset": str(Path(dataset).resolve()), "split": str(Path(split).resolve()) if split else None})
     return Run(root)
@@ -148,6 +166,8 @@ def train_fold(
     from semiseg.engine.trainer import DataSpec, train
     from semiseg.methods import get_method
 
+    plan = run.plan
+    check_patch(plan.network, plan.patch_size, str(run.root / "plan.json"))  # plan.json may have been edited since
     method_cls = get_method(cfg.method)
     method_cls.parse_params(cfg.method_params)  # a typo is refused before any preprocessing or training
     needs_u = method_cls.needs_unlabelled
@@ -158,4 +178,4 @@ def train_fold(
     unlabelled = sorted(run.dataset().unlabelled) if needs_u else []
     spec = DataSpec(run.cache, train_cases, unlabelled)
     target = Path(out) if out is not None else model_dir(run, cfg.method, fold)
-    return train(run.plan, cfg, spec, target, resume=resume, device=device, progress=progress)
+    return train(plan, cfg, spec, target, resume=resume, device=device, progress=progress)

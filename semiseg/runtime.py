@@ -1,6 +1,7 @@
 """Torch-free pieces both predictors share (semiseg.inference with torch, semiseg.deploy without):
 finding the model files of a training folder or an ensemble, opening an ONNX Runtime session, and the
-resumable loop over the cases of an input folder."""
+resumable loop over the cases of an input folder (or one shard of them), kept apart from any other prediction's
+outputs by the folder's record (semiseg.data.outputs)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,8 @@ from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
-from semiseg.data.cases import discover_cases
+from semiseg.data.cases import discover_cases, shard_of
+from semiseg.data.outputs import PredictionFolder
 
 
 def find_model_files(path: str | Path, name: str, hint: str = "") -> list[Path]:
@@ -54,14 +56,24 @@ def onnx_session(path: str | Path, threads: int | None = None, providers: Sequen
 
 
 def predict_folder(predict_files: Callable[[Sequence[Path], Path], Path], input_path: str | Path,
-                   output_dir: str | Path, channels: int, overwrite: bool = False, progress: bool = True) -> list[Path]:
-    """``predict_files(channel_paths, target)`` for a file or every case of a folder, each written under
-    its input's name; existing outputs are kept (resumable) unless ``overwrite``."""
+                   output_dir: str | Path, channels: int, stamp: dict[str, Any], overwrite: bool = False,
+                   progress: bool = True, shard: tuple[int, int] | None = None) -> list[Path]:
+    """``predict_files(channel_paths, target)`` for a file or every case of a folder, each written under its
+    input's name. Outputs of this same prediction (``stamp``: semiseg.data.outputs.prediction_stamp) are kept
+    (resumable); label maps of any other one in the folder are refused, or replaced with ``overwrite``.
+    ``shard`` (i, n): only shard i of n of the sorted cases (semiseg.data.cases.shard_of), so n jobs started by
+    any scheduler into one output folder predict every case exactly once (each keeps its own record)."""
     cases = discover_cases(input_path, channels)
+    if shard is not None:
+        cases = {c: cases[c] for c in shard_of(list(cases), *shard)}
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = PredictionFolder(out, stamp, overwrite, part=f"shard-{shard[0]}-of-{shard[1]}" if shard is not None else "")
+    done = folder.begin(cases)  # refuses label maps of another prediction (model, options, input) unless overwrite
     written = []
     for case, (paths, ending) in tqdm(cases.items(), desc="predict", unit="case", disable=not progress):
         target = out / f"{case}{ending}"
-        written.append(target if target.is_file() and not overwrite else predict_files(paths, target))
+        if case not in done:
+            predict_files(paths, target)
+            folder.record(case, target, paths)
+        written.append(target)
     return written

@@ -15,17 +15,30 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY_PLAN = ["--max-patch-voxels", str(16 * 48 * 48), "--base-features", "4", "--max-features", "16"]
 
 
-def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Supervised and AD-MT at a tiny budget: both models' rows in the report, the figures, and the printed
+    table is the report's."""
     out = tmp_path / "demo"
-    assert main(["--quiet", "demo", "--out", str(out), "--iterations", "3"]) == 0
+    assert main(["--quiet", "demo", "--out", str(out), "--iterations", "3", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["foreground_mean"]) >= {"DSC", "NSD", "HD95"}
+    assert summary["methods"] == ["supervised", "ad-mt"]
+    assert set(summary["foreground_mean"]["supervised"]) >= {"DSC", "NSD", "HD95"} and "ad-mt" in summary["foreground_mean"]
     report = out / "report"
-    assert (report / "README.md").is_file() and (report / "training_curve.png").is_file()
+    text = (report / "README.md").read_text()
+    table = text[text.index("| organ |"):text.index("![Dice by organ]")].strip()
+    assert table and table in printed
+    for organ in ("liver", "right_kidney", "left_kidney", "spleen"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {organ} |"))
+        assert len(row.strip("|").split("|")) == 6  # organ, Dice x2, delta, HD95 x2
+    for png in ("dice_by_organ.png", "training_curve_supervised.png", "training_curve_ad-mt.png"):
+        assert (report / png).is_file(), png
     assert len(list(report.glob("chaos_*.png"))) == 3
-    assert "liver" in (report / "README.md").read_text()
+    assert not [p for p in out.rglob(".*") if p.is_file()]  # nothing half-written
     # the unlabelled cases of the sample ship without labels
-    assert not list((Path(__file__).resolve().parents[1] / "semiseg/resources/chaos_sample/labelsTr").glob("chaos_004*"))
+    sample = Path(__file__).resolve().parents[1] / "semiseg/resources/chaos_sample"
+    unlabelled = json.loads((sample / "splits_semisupervised.json").read_text())["unlabelled"]
+    assert len(unlabelled) == 10 and not [p for c in unlabelled for p in (sample / "labelsTr").glob(f"{c}*")]
 
 
 def test_validate_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

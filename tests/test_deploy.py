@@ -167,6 +167,24 @@ def test_deploy_labels_equal_torch_predictor(model: Path, onnx_file: Path, case:
         assert dice(got2 == c, _labels(logits)[0] == c) >= 0.999, c
 
 
+def test_deploy_output_folder_keeps_the_torch_predictors_record_and_shards(onnx_file: Path, case: Path, tmp_path: Path) -> None:
+    """One folder loop for both predictors (semiseg.runtime.predict_folder): a shard keeps its own record, the
+    same prediction resumes, a label map the folder has no record of is refused, another shard gets no case."""
+    dep = DeployPredictor.from_path(onnx_file, threads=1)
+    out = tmp_path / "out"
+    assert dep.predict_folder(case.parent, out, progress=False, shard=(0, 2)) == []  # one case: it is shard 1's
+    [target] = dep.predict_folder(case.parent, out, progress=False, shard=(1, 2))
+    record = json.loads((out / "predictions.shard-1-of-2.json").read_text())
+    assert list(record["cases"]) == ["oblique"] and record["stamp"]["options"]["backend"] == "deploy"
+    first = target.stat().st_mtime_ns
+    assert dep.predict_folder(case.parent, out, progress=False) == [target]  # every record of it vouches
+    assert target.stat().st_mtime_ns == first
+    stray = tmp_path / "stray"
+    write_nifti(np.zeros((4, 4, 4), np.uint8), stray / "oblique.nii.gz")
+    with pytest.raises(ValueError, match="no record"):
+        dep.predict_folder(case.parent, stray, progress=False)
+
+
 def test_cli_subprocess_imports_no_torch(onnx_file: Path, case: Path, tmp_path: Path) -> None:
     """The CLI in a fresh interpreter: prediction works, torch/monai never get imported, geometry is kept."""
     out = tmp_path / "out"

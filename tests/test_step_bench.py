@@ -43,8 +43,13 @@ def test_time_entry_steps_every_method_on_the_plan_shape(sb, entry):
     assert row["parameters"] > 0 and row["peak_rss_mb"] > 0 and row["cuda_peak_allocated_mb"] is None
 
 
-def test_time_entry_marks_a_method_that_does_not_learn(sb):
-    doc = tiny_doc(lr=0.0)  # with no step size nothing moves: the row must say so rather than pass
+def test_time_entry_marks_a_method_that_does_not_learn(sb, monkeypatch):
+    import torch
+
+    # an optimizer that never steps: nothing moves, and the row must say so rather than pass (a zero step size
+    # would do the same, but TrainConfig refuses lr = 0)
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, closure=None: None)
+    doc = tiny_doc()
     row = sb.time_entry(doc, doc["entries"][0], "cpu", amp=False, steps=1, warmup=0)
     assert row["weights_changed"] is False and row["ok"] is False
 

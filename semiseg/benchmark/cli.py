@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from semiseg.argtypes import nonnegative_int, positive_int
+
 
 def cmd_benchmark(a: argparse.Namespace) -> int:
     from semiseg.benchmark.config import load_config
@@ -44,12 +46,12 @@ def register_cli(sub: Any) -> None:
     p = sub.add_parser("benchmark", help="run a benchmark file (methods x seeds + supervised bounds); resumable")
     p.add_argument("config", help="benchmark YAML/JSON, e.g. benchmarks/la_ssl_cpu.yaml")
     p.add_argument("--only", nargs="+", metavar="ENTRY", default=None, help="run only these entries (lower, upper, method names)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="replace the configured seeds for this invocation")
+    p.add_argument("--seeds", nargs="+", type=nonnegative_int, default=None, help="replace the configured seeds for this invocation")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--iterations", type=int, default=None,
+    p.add_argument("--iterations", type=positive_int, default=None,
                    help="the same benchmark at another step count, as '<name>_steps<N>' (its own work folder and results file): "
                         "for the steps-vs-Dice convergence table")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--jobs", type=positive_int, default=1,
                    help="pieces run side by side in child processes, each with cores / jobs torch threads (default 1)")
     p.add_argument("--work-dir", default=None, help="override the config's work_dir (run folders, predictions, pieces)")
     p.add_argument("--results-dir", default=None, help="override the config's results_dir (default benchmarks/results)")

@@ -45,6 +45,11 @@ def discover_cases(path: str | Path, num_channels: int = 1) -> dict[str, tuple[l
         endings[case] = ending
     out = {}
     for case, chans in groups.items():
+        extra = sorted(c for c in chans if c >= num_channels)
+        if extra:  # a file the model does not take would be ignored silently
+            raise ImageError(f"{chans[extra[0]]}: channel {extra[0]} file, but the model takes {num_channels} channel(s) "
+                             f"({', '.join(f'{case}_{c:04d}' for c in range(num_channels))}); remove it from the input, "
+                             f"or use a model trained on {max(extra) + 1} channels")
         missing = [c for c in range(num_channels) if c not in chans]
         if missing:
             raise ImageError(f"{p}: case '{case}' lacks channel file(s) {missing} (expected {case}_{missing[0]:04d}{endings[case]})")
@@ -52,6 +57,27 @@ def discover_cases(path: str | Path, num_channels: int = 1) -> dict[str, tuple[l
     if not out:
         raise FileNotFoundError(f"{p}: no image files ({', '.join(IMAGE_ENDINGS)})")
     return out
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n), checked: 0 <= i < n (shards 0/4 .. 3/4 together cover every case once)."""
+    m = re.fullmatch(r"\s*(-?\d+)\s*/\s*(-?\d+)\s*", text)
+    if not m:
+        raise ValueError(f"--shard expects i/n with whole numbers, e.g. 0/4, got '{text}'")
+    index, count = int(m.group(1)), int(m.group(2))
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard {text}: needs n >= 1 and 0 <= i < n (e.g. 0/4 .. 3/4)")
+    return index, count
+
+
+def shard_of(cases: Sequence[str], index: int, count: int) -> list[str]:
+    """Shard ``index`` of ``count`` of the sorted case names: contiguous blocks whose sizes differ by at
+    most one. The same names give the same split on every machine, so the ``count`` shards partition
+    the cases: every case in exactly one shard, whoever runs which shard, in any order."""
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: needs count >= 1 and 0 <= index < count")
+    ordered = sorted(cases)
+    return ordered[len(ordered) * index // count: len(ordered) * (index + 1) // count]
 
 
 def read_channels(paths: Sequence[Path], num_channels: int, native_dtype: bool = False) -> tuple[np.ndarray, Geometry]:

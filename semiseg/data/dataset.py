@@ -57,6 +57,8 @@ class RawDataset:
         for key in ("channel_names", "labels", "file_ending"):
             if key not in meta:
                 raise ValueError(f"{meta_path}: missing required key '{key}'")
+        if check and (bad := labels_problems(meta["labels"], meta_path)):
+            raise ValueError("; ".join(bad))
         ending = meta["file_ending"]
         found: dict[str, Path] = {}
         for sub in ("imagesTr", "imagesUnlabelled", "imagesTs"):
@@ -147,11 +149,45 @@ class RawDataset:
             label, lg = read_array(lp)
             if (diff := geo.matches(lg)) is not None:
                 raise ImageError(f"{lp}: label geometry does not match image: {diff}")
+            if bad := label_value_problems(label, lp, set(self.labels.values())):
+                raise ImageError(bad[0])  # a value cast or indexed blindly would train on a wrong class, or crash later
             label = label.astype(np.int16)
         return image, label, geo
 
 
 SPLIT_KEYS = ("labelled", "unlabelled", "test")
+
+
+def labels_problems(labels: Any, meta_path: Path) -> list[str]:
+    """What is wrong with dataset.json's ``labels``: not a mapping of name -> distinct integer, or no background 0."""
+    if not isinstance(labels, dict) or not labels:
+        return [f"{meta_path}: 'labels' must map class names to integer values, got {json.dumps(labels)[:60]}"]
+    problems = [f"{meta_path}: label '{name}' must map to one integer value, got {json.dumps(v)[:40]} (region labels are not supported)"
+                for name, v in labels.items() if isinstance(v, bool) or not isinstance(v, int)]
+    values = [v for v in labels.values() if isinstance(v, int) and not isinstance(v, bool)]
+    if len(set(values)) != len(values):
+        problems.append(f"{meta_path}: label values must be distinct, got {labels}")
+    if 0 not in values:
+        problems.append(f"{meta_path}: labels must declare background = 0, got {labels}")
+    return problems
+
+
+def label_value_problems(label: np.ndarray, path: Path, declared: set[int]) -> list[str]:
+    """What is wrong with the values of one label map: fractional values (1.5 would be cast to 1), NaN/Inf, or
+    values dataset.json does not declare (7 or -1 would crash training far from the file, or train on nothing)."""
+    if np.issubdtype(label.dtype, np.floating):
+        finite = np.isfinite(label)
+        if not finite.all():
+            return [f"{path}: label contains {int((~finite).sum())} NaN/Inf voxels"]
+        frac = label[np.mod(label, 1) != 0]
+        if frac.size:
+            return [f"{path}: label has non-integer values (e.g. {float(frac.flat[0]):g}); labels must be whole class numbers"]
+    values = np.unique(label).astype(np.int64).tolist()
+    undeclared = sorted(set(values) - declared)
+    if undeclared:
+        shown = undeclared[:10] + (["..."] if len(undeclared) > 10 else [])
+        return [f"{path}: label values {shown} are not declared in dataset.json labels {sorted(declared)}"]
+    return []
 
 
 def _case_list(value: Any) -> list[str]:

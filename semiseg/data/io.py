@@ -13,7 +13,15 @@ import numpy as np
 import SimpleITK as sitk
 
 # the atomic writers are semiseg.atomic's; re-exported for the many callers that write images and JSON together
-from semiseg.atomic import atomic_save_npy, atomic_write_json, atomic_write_text, replacing  # noqa: F401
+from semiseg.atomic import (  # noqa: F401
+    atomic_save_npy,
+    atomic_write_json,
+    atomic_write_text,
+    is_temporary,
+    make_folder,
+    remove_temporaries,
+    replacing,
+)
 
 
 class ImageError(ValueError):

@@ -44,9 +44,13 @@ def fingerprint(ds: RawDataset, samples_per_case: int = 10000, seed: int = 1234,
     rng = np.random.default_rng(seed)
     spacings, shapes, lr_axes = [], [], []
     fg: list[list[np.ndarray]] = [[] for _ in range(ds.num_channels)]
+    if not ds.labelled:
+        raise ValueError(f"{ds.split_source}: no labelled cases to plan from")
+    any_foreground = False
     for case in tqdm(ds.labelled, desc="fingerprint", disable=not progress):
         image, label, geo = ds.load_case(case, with_label=True)
         assert label is not None
+        any_foreground = any_foreground or bool(label.any())
         image, label, _ = crop_to_nonzero(image, label)
         spacings.append(geo.spacing_zyx)
         lr_axes.append(left_right_axis(geo.direction))
@@ -56,6 +60,9 @@ def fingerprint(ds: RawDataset, samples_per_case: int = 10000, seed: int = 1234,
             vals = image[c][mask]
             if vals.size:
                 fg[c].append(rng.choice(vals, min(samples_per_case, vals.size), replace=False))
+    if not any_foreground:
+        raise ValueError(f"{ds.label_path(ds.labelled[0]).parent}: every labelled mask is empty (all {len(ds.labelled)} label "
+                         f"files, e.g. {ds.label_path(ds.labelled[0]).name}, hold background only): there is nothing to learn")
     return Fingerprint(
         np.asarray(spacings, float),
         np.asarray(shapes, int),

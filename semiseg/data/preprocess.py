@@ -3,6 +3,9 @@ normalise, resample to the plan's spacing; plus the inverse that puts a predicti
 """
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -13,9 +16,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from semiseg.config import Plan
-from semiseg.data.cache import Cache
+from semiseg.data.cache import Cache, CacheError
 from semiseg.data.folder_lock import FolderLock
-from semiseg.data.io import Geometry
+from semiseg.data.io import Geometry, remove_temporaries
 from semiseg.grid import Bbox, nonzero_bbox, normalize, preprocess, resampled_shape  # noqa: F401  (re-exported)
 
 
@@ -102,7 +105,23 @@ def restore_to_input(seg_or_probs: np.ndarray, props: dict[str, Any], is_probabi
     return out
 
 
-# -- the cache ---------------------------------------------------------------------------------
+# -- the cache (its files and their checks are semiseg.data.cache's) -------------------------------
+def _worker_init(parent: int) -> None:
+    """Preprocessing workers stop with their parent, however it stops: the kernel sends SIGTERM when the parent
+    dies (Linux), and SIGTERM (also pool.terminate()'s) exits through ``finally`` blocks, which delete the
+    temporary file being written."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        sys.exit(128 + signal.SIGTERM)
+
+
 def _preprocess_one(args: tuple[Any, ...]) -> str:
     ds_root, split, plan_dict, case, with_label, out_dir = args
     from semiseg.data.dataset import RawDataset
@@ -129,17 +148,29 @@ def preprocess_dataset(ds_root: str | Path, split: Any, plan: Plan, cases: dict[
     if not _todo(ds_root, split, plan, cases, out):
         return  # nothing to write: no lock needed (readers side by side, e.g. benchmark --jobs children)
     with FolderLock(out, "preprocess"):
-        _preprocess_all(_todo(ds_root, split, plan, cases, out), out, workers, progress)  # again: another writer may have finished
+        remove_temporaries(out)  # left by a writer killed mid-file: under the lock, no other writer is live
+        try:
+            _preprocess_all(_todo(ds_root, split, plan, cases, out), out, workers, progress)  # again: another writer may have finished
+        finally:
+            remove_temporaries(out)  # interrupted: workers are stopped by now (pool.terminate joins them)
 
 
 def _todo(ds_root: str | Path, split: Any, plan: Plan, cases: dict[str, bool], out: Path) -> list[tuple]:
+    """The cases to (re)do: not cached yet, cached with the other label use, or cached arrays that do not match
+    their properties (a corrupt or truncated file is redone, with a note)."""
     import dataclasses
 
     todo, cache = [], Cache(out)
     for case, with_label in cases.items():
-        props = cache.props(case)
+        try:
+            props = cache.props(case)
+        except CacheError:
+            props = None  # corrupt properties: the case is redone
         if props is not None and props.get("labelled") == with_label:
-            continue
+            damaged = cache.problems(case, props, with_label)
+            if not damaged:
+                continue
+            print(f"{damaged[0][0]}: cached array {damaged[0][1]}; preprocessing '{case}' again", file=sys.stderr)
         todo.append((str(ds_root), split, dataclasses.asdict(plan), case, with_label, str(out)))
     return todo
 
@@ -153,7 +184,7 @@ def _preprocess_all(todo: list[tuple], out: Path, workers: int, progress: bool) 
             _preprocess_one(a)
             bar.update()
     else:
-        with get_context("spawn").Pool(workers) as pool:
+        with get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
             for _ in pool.imap_unordered(_preprocess_one, todo):
                 bar.update()
     bar.close()

@@ -30,9 +30,8 @@ class CachedCase:
     locations: dict[str, list[list[int]]] = field(default_factory=dict)
 
     def load(self) -> tuple[np.ndarray, np.ndarray | None]:
-        data = np.load(self.data_path, mmap_mode="r")
-        seg = np.load(self.seg_path, mmap_mode="r") if self.seg_path is not None else None
-        return data, seg
+        """Memory-mapped arrays, checked against the case's properties (a damaged file is named)."""
+        return Cache(self.data_path.parent).load(self.name, labelled=self.seg_path is not None)
 
 
 def open_cases(cache_dir: str | Path, cases: list[str], with_labels: bool) -> list[CachedCase]:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from semiseg.data.dataset import RawDataset, split_problems
+from semiseg.data.dataset import RawDataset, label_value_problems, labels_problems, split_problems
 from semiseg.data.io import ImageError, read_array
 
 
@@ -18,9 +18,10 @@ def validate_dataset(ds: RawDataset, progress: bool = True) -> list[str]:
     for name, cases in (("labelled", ds.labelled), ("unlabelled", ds.unlabelled), ("test", ds.test)):
         for case in cases:
             seen.setdefault(case, name)
-    declared = set(ds.labels.values())
-    if 0 not in declared:
-        problems.append(f"{ds.root / 'dataset.json'}: labels must declare background = 0")
+    label_issues = labels_problems(ds.meta["labels"], ds.root / "dataset.json")
+    problems += label_issues
+    declared = set() if label_issues and not isinstance(ds.meta["labels"], dict) else {
+        v for v in ds.meta["labels"].values() if isinstance(v, int) and not isinstance(v, bool)}
     cases = list(seen)
     for case in tqdm(cases, desc="validate", disable=not progress):
         geo = None
@@ -46,14 +47,7 @@ def validate_dataset(ds: RawDataset, progress: bool = True) -> list[str]:
             continue
         if geo is not None and (diff := geo.matches(lg)) is not None:
             problems.append(f"{lp}: label geometry does not match image: {diff}")
-        if np.issubdtype(lab.dtype, np.floating) and not np.all(np.mod(lab[np.isfinite(lab)], 1) == 0):
-            problems.append(f"{lp}: label has non-integer values")
-        if np.issubdtype(lab.dtype, np.floating) and not np.isfinite(lab).all():
-            problems.append(f"{lp}: label contains NaN/Inf")
-            continue
-        undeclared = sorted(set(np.unique(lab).astype(int).tolist()) - declared)
-        if undeclared:
-            problems.append(f"{lp}: label values {undeclared} are not declared in dataset.json labels {sorted(declared)}")
+        problems += label_value_problems(lab, lp, declared)
     if not ds.labelled:
         problems.append(f"{ds.root}: no labelled cases")
     return problems

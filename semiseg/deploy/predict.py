@@ -19,6 +19,7 @@ import numpy as np
 from semiseg.config import Plan
 from semiseg.data.cases import discover_cases, read_channels  # noqa: F401  (discover_cases re-exported)
 from semiseg.data.io import Geometry, ImageError, write_segmentation
+from semiseg.data.outputs import prediction_stamp
 from semiseg.grid import LabelRestorer, iter_slabs, preprocess, softmax
 from semiseg.runtime import ENSEMBLE_FIELDS, find_model_files, onnx_session, plan_mismatch, predict_folder
 
@@ -68,6 +69,7 @@ class DeployPredictor:
         if not models:
             raise ValueError("no models given")
         self.step, self.batch, self.resample = step, batch, resample
+        self.model_paths = [Path(m) for m in models]
         self.networks: list[OrtNetwork] = []
         plan: Plan | None = None
         for m in models:
@@ -117,10 +119,12 @@ class DeployPredictor:
         return Path(out_path)
 
     def predict_folder(self, input_path: str | Path, output_dir: str | Path, overwrite: bool = False,
-                       progress: bool = True) -> list[Path]:
-        """A file or every case of a folder; existing outputs are kept (resumable) unless ``overwrite``."""
-        return predict_folder(self.predict_files, input_path, output_dir, self.plan.num_input_channels, overwrite,
-                              progress)
+                       progress: bool = True, shard: tuple[int, int] | None = None) -> list[Path]:
+        """A file or every case of a folder (or shard i of n of them); outputs of this same prediction are kept
+        (resumable), label maps of any other one refused (semiseg.data.outputs) unless ``overwrite``."""
+        stamp = prediction_stamp(self.model_paths, {"backend": "deploy", "step": self.step, "resample": self.resample})
+        return predict_folder(self.predict_files, input_path, output_dir, self.plan.num_input_channels, stamp,
+                              overwrite, progress, shard)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

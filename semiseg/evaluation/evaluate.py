@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from semiseg.data.io import atomic_write_text, read_array
+from semiseg.data.io import atomic_write_text, make_folder, read_array
 from semiseg.evaluation.metrics import (
     DEFAULT_NSD_ZERO_BELOW_DSC,
     DEFAULT_TOLERANCE_MM,
@@ -51,20 +51,27 @@ def read_dataset_json(path: str | Path) -> tuple[dict[str, int], str]:
     return dict(raw["labels"]), str(raw.get("file_ending", ".nii.gz"))
 
 
-def _read_label_map(path: Path) -> tuple[np.ndarray, Any]:
+def _read_label_map(path: Path, labels: Mapping[str, int], what: str) -> tuple[np.ndarray, Any]:
+    """A label map whose values are all declared: an undeclared one would be scored as if its class were absent."""
     arr, geometry = read_array(path)
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.array_equal(arr, np.round(arr)):
             raise ValueError(f"{path}: a label map must hold integer values, found fractional ones")
         arr = arr.astype(np.int64)
+    declared = {0, *(int(v) for v in labels.values())}
+    undeclared = sorted(set(np.unique(arr).tolist()) - declared)
+    if undeclared:
+        shown = undeclared[:10] + (["..."] if len(undeclared) > 10 else [])
+        raise ValueError(f"{path}: the {what} holds label values {shown} that dataset.json does not declare "
+                         f"(declared: {sorted(declared)})")
     return arr, geometry
 
 
 def _evaluate_pair(job: tuple[str, Path, Path, dict[str, int], dict[str, Any]]) -> tuple[str, dict[str, dict[str, float]]]:
-    """Worker: read one pred/ref pair, check they share a grid, score it."""
+    """Worker: read one pred/ref pair, check they share a grid and hold only declared labels, score it."""
     case, pred_path, ref_path, labels, options = job
-    ref, ref_geometry = _read_label_map(ref_path)
-    pred, pred_geometry = _read_label_map(pred_path)
+    ref, ref_geometry = _read_label_map(ref_path, labels, "reference")
+    pred, pred_geometry = _read_label_map(pred_path, labels, "prediction")
     mismatch = ref_geometry.matches(pred_geometry)
     if mismatch is not None:
         raise ValueError(f"{pred_path}: prediction grid differs from reference {ref_path}: {mismatch} (ref vs pred)")
@@ -92,6 +99,9 @@ def evaluate_folders(
     """Evaluate every reference case, write JSON + CSV, and return the result (NaN kept as float NaN)."""
     pred_dir, ref_dir, out_file = Path(pred_dir), Path(ref_dir), Path(out_file)
     labels, ending = read_dataset_json(dataset_json)
+    make_folder(out_file.parent, f"folder for {out_file}")  # before scoring: a path under a file fails now, by name
+    if out_file.is_dir():
+        raise ValueError(f"{out_file}: is a folder; --out names the metrics JSON file")
     for folder, what in ((pred_dir, "prediction"), (ref_dir, "reference")):
         if not folder.is_dir():
             raise ValueError(f"{folder}: {what} folder not found")

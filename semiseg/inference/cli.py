@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from semiseg.argtypes import positive_int
 from semiseg.inference.onnx_backend import DEFAULT_OPSET
 
 
@@ -31,7 +32,7 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("export-onnx", help="export trained model(s) to ONNX (dynamic batch, patch-size input)")
     p.add_argument("model", help="model_final.pt, its folder, or a folder of fold_* (one .onnx beside each)")
     p.add_argument("--out", default=None, help="output .onnx (single model only; default: model_final.onnx beside the model)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET)
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs torch check after export")
     p.set_defaults(func=cmd_export_onnx)
     return p

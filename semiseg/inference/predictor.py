@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from semiseg.config import Plan
-from semiseg.data.cases import IMAGE_ENDINGS, discover_cases, read_channels  # noqa: F401  (re-exported)
+from semiseg.data.cases import IMAGE_ENDINGS, discover_cases, read_channels, shard_of  # noqa: F401  (re-exported)
 from semiseg.data.io import Geometry, ImageError, write_segmentation
+from semiseg.data.outputs import prediction_stamp
 from semiseg.data.preprocess import preprocess_array
 from semiseg.inference.restore import LabelRestorer
 from semiseg.inference.sliding_window import TTA_AXES, Net, iter_slabs, sliding_window
@@ -245,10 +246,22 @@ class Predictor:
         write_segmentation(seg, geo, out_path)
         return Path(out_path)
 
-    def predict_folder(self, input_path: str | Path, output_dir: str | Path, overwrite: bool = False, progress: bool = True) -> list[Path]:
-        """Predict a file or every case of a folder; existing outputs are kept (resumable) unless ``overwrite``."""
-        return predict_folder(self.predict_files, input_path, output_dir, self.plan.num_input_channels, overwrite,
-                              progress)
+    def predict_folder(self, input_path: str | Path, output_dir: str | Path, overwrite: bool = False, progress: bool = True,
+                       shard: tuple[int, int] | None = None) -> list[Path]:
+        """Predict a file or every case of a folder. Outputs of this same prediction are kept (resumable); label maps
+        of any other one in the folder are refused (semiseg.data.outputs), or replaced with ``overwrite``.
+        ``shard`` (i, n): only shard i of n of the sorted cases (:func:`shard_of`), so n jobs started by any
+        scheduler into one output folder predict every case exactly once (each keeps its own record)."""
+        stamp = prediction_stamp(self.model_paths, config_dict(self.cfg), self._postprocess_config())
+        return predict_folder(self.predict_files, input_path, output_dir, self.plan.num_input_channels, stamp,
+                              overwrite, progress, shard)
+
+    def _postprocess_config(self) -> Any:
+        pp = self.postprocess
+        if pp is None:
+            return None
+        to_config = getattr(pp, "to_config", None)
+        return to_config() if callable(to_config) else f"{type(pp).__module__}.{type(pp).__qualname__}"
 
 
 def config_dict(cfg: PredictorConfig) -> dict[str, Any]:

@@ -1,31 +1,41 @@
-"""Overlay thumbnails: an axial slice of the image with the reference and the prediction side by side."""
+"""Overlay thumbnails: an axial slice of the image with the reference and one or more predictions side by side."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from semiseg.evaluation.slices import best_slice, window_intensity
+from semiseg.report.png import save_png
 
 
 def overlay_png(image: np.ndarray, ref: np.ndarray, pred: np.ndarray, labels: Mapping[str, int], path: str | Path,
                 title: str = "", spacing_zyx: tuple[float, ...] = (1.0, 1.0, 1.0)) -> int:
     """Write a PNG (image | reference | prediction) at the most informative axial slice; returns that slice."""
+    return overlay_panels_png(image, {"reference": ref, "prediction": pred}, labels, path, title, spacing_zyx)
+
+
+def overlay_panels_png(image: np.ndarray, panels: Mapping[str, np.ndarray], labels: Mapping[str, int], path: str | Path,
+                       title: str = "", spacing_zyx: tuple[float, ...] = (1.0, 1.0, 1.0)) -> int:
+    """The image, then each label map of ``panels`` over it, all at one axial slice (the one with the most
+    foreground in the first two maps: reference and first prediction), so models compare on the same anatomy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    z = best_slice(ref, pred)
+    maps = list(panels.values())
+    if not maps:
+        raise ValueError("overlay_panels_png needs at least one label map")
+    z = best_slice(maps[0], maps[1] if len(maps) > 1 else maps[0])
     img = window_intensity(image[z].astype(np.float32))
     n = max(max(labels.values()), 1)
     cmap = ListedColormap(plt.get_cmap("tab10")(np.arange(n) % 10))
     aspect = spacing_zyx[1] / spacing_zyx[2]
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
-    for ax, (name, seg) in zip(axes, (("image", None), ("reference", ref), ("prediction", pred))):
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(3 * (1 + len(maps)), 3.4))
+    for ax, (name, seg) in zip(axes, (("image", None), *panels.items())):
         ax.imshow(img, cmap="gray", aspect=aspect)
         if seg is not None:
             m = np.ma.masked_where(seg[z] == 0, seg[z] - 1)
@@ -37,10 +47,5 @@ def overlay_png(image: np.ndarray, ref: np.ndarray, pred: np.ndarray, labels: Ma
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 7), fontsize=7, frameon=False)
     fig.suptitle(f"{title}  (axial slice {z})", fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)
     return z

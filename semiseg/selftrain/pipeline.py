@@ -22,6 +22,10 @@ Layout (every step resumable: finished models and per-case pseudo-labels are nev
     RUN/selftrain_<method>/final/                the single final model (noisy student: student/, finetune/)
     RUN/selftrain_<method>/summary.json
 
+Where the work runs is an executor's business (:mod:`semiseg.selftrain.executor`): the k fold models of a
+round, the shards of its pseudo-labelling and the final models are tasks, in this process one after
+another by default or as Ray tasks on a cluster; the results do not depend on it.
+
 Labels of unlabelled cases are never read for training or selection: the cache holds none for them,
 and :func:`evaluate_pseudo_labels` (the only reader, for the quality report) writes nothing that
 training or selection reads.
@@ -29,6 +33,7 @@ training or selection reads.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -41,14 +46,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from semiseg.atomic import link_or_copy
+from semiseg.atomic import is_temporary, link_or_copy
 from semiseg.config import Plan, TrainConfig, apply_overrides
 from semiseg.data.cache import Cache
+from semiseg.data.cases import shard_of
 from semiseg.data.io import atomic_save_npy, atomic_write_json, read_array
 from semiseg.data.preprocess import class_locations, preprocess_array
 from semiseg.engine.trainer import DataSpec, train
 from semiseg.inference.predictor import Predictor, PredictorConfig
 from semiseg.run import Run
+from semiseg.selftrain.executor import Executor, InProcessExecutor, Task
 from semiseg.selftrain.selection_report import plot_quality_scatter, plot_uncertainty, pseudo_label_quality
 from semiseg.selftrain.uncertainty import (
     PairwiseDiceAccumulator,
@@ -97,6 +104,10 @@ class SelfTrainConfig:
             raise ValueError(f"k must be >= 2 (pairwise Dice needs two models), got {self.k}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        for name in ("iterations", "finetune_iterations", "student_iterations"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not 0 < self.student_width <= 1:
             raise ValueError(f"student_width must be in (0, 1], got {self.student_width}")
         if self.pseudo_per_labelled is not None and self.pseudo_per_labelled < 0:
@@ -275,18 +286,34 @@ def train_model(plan: Plan, tc: TrainConfig, spec: DataSpec, out: Path, device: 
     return model
 
 
+def train_task(plan: Plan, tc: TrainConfig, spec: DataSpec, out: Path, executor: Executor, device: str | None = None,
+               progress: bool = True, **kw: Any) -> Task:
+    """One :func:`train_model` call as an executor task (its data folders are made before, by the caller)."""
+    return Task(train_model, (plan, tc, spec, out), dict(device=device, progress=progress and not executor.distributed, **kw),
+                name=f"train {out.parent.name}/{out.name}")
+
+
 def train_ensemble(run: Run, plan: Plan, cfg: SelfTrainConfig, folder: Path, prev: RoundResult | None,
-                   device: str | None = None, progress: bool = True) -> list[Path]:
-    """k fold models on the folds' labelled training cases plus every case selected in ``prev``."""
+                   device: str | None = None, progress: bool = True, executor: Executor | None = None) -> list[Path]:
+    """k fold models on the folds' labelled training cases plus every case selected in ``prev``; the k
+    trainings are independent tasks of ``executor`` (one after another in this process by default)."""
+    executor = executor or InProcessExecutor()
     pseudo_dir, pseudo = (prev.pseudo_dir, prev.selected) if prev else (None, [])
-    models = []
+    tasks = []
     for f, split in enumerate(run.folds(cfg.k)):
         spec = training_spec(run, split["train"], pseudo_dir, pseudo, cfg.ratio, folder / "train_cache")
         tc = train_config(plan, cfg, seed=cfg.seed + f)
         _note(f"{folder.name} fold {f}/{cfg.k}: {len(split['train'])} labelled + {len(pseudo)} pseudo-labelled", progress)
         share = shared_models_dir(run) if not pseudo else None  # round 0: the same models for every method
-        models.append(train_model(plan, tc, spec, folder / f"fold_{f}", device, progress, share_dir=share))
-    return models
+        tasks.append(train_task(plan, tc, spec, folder / f"fold_{f}", executor, device, progress, share_dir=share))
+    return executor.run(tasks, progress, desc=f"{folder.name} fold models")
+
+
+def train_one(plan: Plan, tc: TrainConfig, spec: DataSpec, out: Path, executor: Executor | None, device: str | None = None,
+              progress: bool = True, **kw: Any) -> Path:
+    """One model (final, student, fine-tune) through ``executor``, so on a cluster it gets a worker's GPU too."""
+    executor = executor or InProcessExecutor()
+    return executor.run([train_task(plan, tc, spec, out, executor, device, progress, **kw)], progress, desc=out.name)[0]
 
 
 # -- pseudo-labels ----------------------------------------------------------------------------------
@@ -303,7 +330,7 @@ def pseudo_label_case(predictor: Predictor, cache: Path, case: str, out: Path, s
             atomic_save_npy(out / "model_masks" / f"{case}_model{i}.npy", mask.astype(np.uint8))
 
     src, dst = Cache(cache), Cache(out)
-    mean = predictor.predict_preprocessed(src.load_data(case), each_model=each_model)
+    mean = predictor.predict_preprocessed(src.load_data(case), each_model=each_model)  # checked against its record
     seg = mean.argmax(0).to(torch.int16).cpu().numpy()
     matrix = acc.matrix()
     props = src.props(case)
@@ -315,9 +342,23 @@ def pseudo_label_case(predictor: Predictor, cache: Path, case: str, out: Path, s
     return matrix
 
 
+def _remove_partial_case(out: Path, case: str) -> None:
+    """Temporary files a killed writer of ``case`` left behind (atomic writes never leave a half-written
+    target, only these): its cache entry's and its model masks'. Safe only because one shard alone writes a
+    given case."""
+    Cache(out).remove_partial(case)
+    masks = out / "model_masks"
+    for p in masks.glob(f".{glob.escape(case)}_model[0-9]*.npy.*"):
+        if is_temporary(p):
+            p.unlink(missing_ok=True)
+
+
+def _is_finished(out: Path, case: str) -> bool:
+    return Cache(out).has_all_files(case, labelled=True)
+
+
 def _finished_matrix(out: Path, case: str) -> np.ndarray | None:
-    cache = Cache(out)
-    props = cache.props(case) if cache.has_all_files(case, labelled=True) else None
+    props = Cache(out).props(case) if _is_finished(out, case) else None
     return None if props is None else np.asarray(props["pairwise_dice"], dtype=np.float64)
 
 
@@ -331,10 +372,34 @@ def pseudo_label(run: Run, models: Sequence[Path], cases: Sequence[str], out: Pa
     for case in tqdm(cases, desc=f"pseudo-label {out.parent.name}", unit="case", disable=not progress):
         m = _finished_matrix(out, case)
         if m is None:
+            _remove_partial_case(out, case)
             if predictor is None:  # loading models costs time; skip it when every case is done
                 predictor = Predictor(list(models), PredictorConfig(step=cfg.predict_step, device=device or "auto"))
             m = pseudo_label_case(predictor, run.cache, case, out, cfg.save_model_masks)
         matrices[case] = m
+    return matrices
+
+
+def pseudo_label_sharded(run: Run, models: Sequence[Path], cases: Sequence[str], out: Path, cfg: SelfTrainConfig,
+                         executor: Executor, device: str | None = None, progress: bool = True) -> dict[str, np.ndarray]:
+    """:func:`pseudo_label` over ``executor``'s shards of ``cases``, in case order. Shards are blocks of
+    the sorted cases (:func:`shard_of`), so no two write the same case; each loads the k models once.
+    Shards whose every case is finished are not started (their models are not even loaded)."""
+    out.mkdir(parents=True, exist_ok=True)
+    n = executor.shard_count(len(cases))
+    shards = [shard_of(cases, i, n) for i in range(n)]
+    todo = [(i, s) for i, s in enumerate(shards) if not all(_is_finished(out, c) for c in s)]
+    tasks = [Task(pseudo_label, (run, list(models), s, out, cfg), dict(device=device, progress=progress and not executor.distributed),
+                  name=f"pseudo-label {out.parent.name} shard {i}/{n}") for i, s in todo]
+    done: dict[str, np.ndarray] = {}
+    for part in executor.run(tasks, progress, desc=f"{out.parent.name} pseudo-label shards"):
+        done.update(part)
+    matrices = {}
+    for c in cases:
+        m = done[c] if c in done else _finished_matrix(out, c)
+        if m is None:
+            raise RuntimeError(f"{out}: case {c} has no finished pseudo-label after every shard ended")
+        matrices[c] = m
     return matrices
 
 
@@ -401,13 +466,14 @@ def evaluate_pseudo_labels(run: Run, pseudo_dir: Path, scores: dict[str, float],
 
 # -- rounds ----------------------------------------------------------------------------------------------
 def run_round(run: Run, plan: Plan, cfg: SelfTrainConfig, folder: Path, prev: RoundResult | None,
-              device: str | None = None, progress: bool = True) -> RoundResult:
+              device: str | None = None, progress: bool = True, executor: Executor | None = None) -> RoundResult:
     """Train the ensemble (on labelled + ``prev``'s selection), pseudo-label every unlabelled case,
-    score and select; each part skips what an earlier, interrupted call finished."""
+    score and select once every shard is done; each part skips what an earlier, interrupted call finished."""
+    executor = executor or InProcessExecutor()
     folder.mkdir(parents=True, exist_ok=True)
-    models = train_ensemble(run, plan, cfg, folder, prev, device, progress)
+    models = train_ensemble(run, plan, cfg, folder, prev, device, progress, executor)
     unlabelled = sorted(run.dataset().unlabelled)
-    matrices = pseudo_label(run, models, unlabelled, folder / "pseudo", cfg, device, progress)
+    matrices = pseudo_label_sharded(run, models, unlabelled, folder / "pseudo", cfg, executor, device, progress)
     sel = cfg.effective_selection
     scores, selected = write_selection(folder, matrices, foreground_classes(plan)[1], sel)
     _note(f"{folder.name}: {len(selected)}/{len(scores)} unlabelled cases selected", progress)
@@ -426,25 +492,27 @@ def _round_summary(r: RoundResult) -> dict[str, Any]:
     return out
 
 
-def _self_learning(run: Run, plan: Plan, cfg: SelfTrainConfig, root: Path, device: str | None, progress: bool) -> tuple[Path, list[RoundResult]]:
+def _self_learning(run: Run, plan: Plan, cfg: SelfTrainConfig, root: Path, device: str | None, progress: bool,
+                   executor: Executor) -> tuple[Path, list[RoundResult]]:
     """uncertainty / unfiltered: ``rounds`` ensemble rounds, then one model on the last selection."""
     results: list[RoundResult] = []
     prev = None
     for r in range(cfg.rounds):
-        prev = run_round(run, plan, cfg, root / f"round_{r}", prev, device, progress)
+        prev = run_round(run, plan, cfg, root / f"round_{r}", prev, device, progress, executor)
         results.append(prev)
     assert prev is not None
     labelled = sorted(run.dataset().labelled)
     spec = training_spec(run, labelled, prev.pseudo_dir, prev.selected, cfg.ratio, root / "final" / "train_cache")
     _note(f"final: {len(labelled)} labelled + {len(prev.selected)} pseudo-labelled", progress)
-    final = train_model(plan, train_config(plan, cfg), spec, root / "final", device, progress)
+    final = train_one(plan, train_config(plan, cfg), spec, root / "final", executor, device, progress)
     return final, results
 
 
-def _noisy_student(run: Run, plan: Plan, cfg: SelfTrainConfig, root: Path, device: str | None, progress: bool) -> tuple[Path, list[RoundResult]]:
+def _noisy_student(run: Run, plan: Plan, cfg: SelfTrainConfig, root: Path, device: str | None, progress: bool,
+                   executor: Executor) -> tuple[Path, list[RoundResult]]:
     """Teacher ensemble -> hard pseudo-labels of every case -> student (1 : ratio batches, strong
     augmentation) -> fine-tune on the labelled cases only."""
-    teacher = run_round(run, plan, cfg, root / "teacher", None, device, progress)
+    teacher = run_round(run, plan, cfg, root / "teacher", None, device, progress, executor)
     labelled = sorted(run.dataset().labelled)
     student_plan = scaled_width(plan, cfg.student_width)
     ratio = max(1, cfg.ratio)
@@ -453,15 +521,18 @@ def _noisy_student(run: Run, plan: Plan, cfg: SelfTrainConfig, root: Path, devic
     spec = training_spec(run, labelled, teacher.pseudo_dir, teacher.selected, ratio, root / "student" / "train_cache")
     tc = train_config(plan, cfg, iterations=cfg.student_iterations or cfg.iterations, augmentation="student", batch_size=batch)
     _note(f"student (width x{cfg.student_width}): batches of {batch}, 1 labelled : {ratio} pseudo-labelled", progress)
-    student = train_model(student_plan, tc, spec, root / "student", device, progress)
+    student = train_one(student_plan, tc, spec, root / "student", executor, device, progress)
     ft = train_config(plan, cfg, iterations=cfg.finetune_iterations, augmentation=cfg.finetune_augmentation)
     _note("fine-tune the student on the labelled cases", progress)
-    final = train_model(student_plan, ft, DataSpec(run.cache, labelled), root / "finetune", device, progress, init_weights=student)
+    final = train_one(student_plan, ft, DataSpec(run.cache, labelled), root / "finetune", executor, device, progress, init_weights=student)
     return final, [teacher]
 
 
-def run_selftrain(run: Run, cfg: SelfTrainConfig, device: str | None = None, progress: bool = True) -> Path:
-    """Run (or resume) a self-training method; returns the final model's ``model_final.pt``."""
+def run_selftrain(run: Run, cfg: SelfTrainConfig, device: str | None = None, progress: bool = True,
+                  executor: Executor | None = None) -> Path:
+    """Run (or resume) a self-training method; returns the final model's ``model_final.pt``. ``executor``
+    runs the trainings and pseudo-labelling shards (default: in this process, one after another); the
+    results do not depend on it. The run folder must be on a filesystem every worker sees."""
     ds = run.dataset()
     if not ds.unlabelled:
         raise ValueError(f"{ds.root}: the split has no unlabelled cases to pseudo-label")
@@ -472,7 +543,7 @@ def run_selftrain(run: Run, cfg: SelfTrainConfig, device: str | None = None, pro
     run.ensure_preprocessed(labelled=True, unlabelled=True, progress=progress)
     plan = run.plan
     stages = _noisy_student if cfg.method == "noisy-student" else _self_learning
-    final, rounds = stages(run, plan, cfg, root, device, progress)
+    final, rounds = stages(run, plan, cfg, root, device, progress, executor or InProcessExecutor())
     reused = sorted(str(p.parent.relative_to(root)) for p in root.rglob(MANIFEST_FILE) if "shared_from" in json.loads(p.read_text()))
     atomic_write_json(root / "summary.json", _json_safe({"method": cfg.method, "final_model": str(final),
                                                          "rounds": [_round_summary(r) for r in rounds],
