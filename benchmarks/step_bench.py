@@ -124,8 +124,6 @@ def time_entry(doc: dict[str, Any], entry: dict[str, Any], device: str, amp: boo
                "label": torch.randint(0, plan.num_classes, (cfg.batch_size, 1, *plan.patch_size), generator=gen)}
         if method.needs_unlabelled:
             out["u_image"] = torch.randn(cfg.unlabelled_batch_size, *shape, generator=gen)
-            if method.needs_strong_view:
-                out["u_image_strong"] = out["u_image"] + 0.1 * torch.randn(out["u_image"].shape, generator=gen)
         return {k: v.to(dev) for k, v in out.items()}
 
     def sync() -> None:

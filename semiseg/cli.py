@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 import time
@@ -10,11 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from semiseg.argtypes import fold, nonnegative_int, positive_float, positive_int, unit_fraction
-from semiseg.config import read_data_file
-
-EPOCH = 250  # iterations per epoch, as nnU-Net
-# subcommands that live beside their stage's code: each module has register_cli(subparsers)
-PLUGINS = ("semiseg.selftrain.cli", "semiseg.inference.cli", "semiseg.benchmark.cli")
+from semiseg.config import EPOCH_LENGTH, read_data_file
 
 
 def _parse_value(text: str) -> Any:
@@ -74,7 +69,7 @@ def build_train_config(a: argparse.Namespace) -> Any:
     if a.iterations is not None:
         cfg.iterations = a.iterations
     if a.epochs is not None:
-        cfg.iterations = a.epochs * EPOCH
+        cfg.iterations = a.epochs * EPOCH_LENGTH
     if a.seed is not None:
         cfg.seed = a.seed
     try:
@@ -228,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, help="supervised | mean-teacher | ua-mt | cps | dlunet | mpl | bcp | unimatch | ad-mt")
     p.add_argument("--config", default=None, help="TrainConfig as JSON/YAML")
     p.add_argument("--iterations", type=positive_int, default=None)
-    p.add_argument("--epochs", type=positive_int, default=None, help=f"x{EPOCH} iterations")
+    p.add_argument("--epochs", type=positive_int, default=None, help=f"x{EPOCH_LENGTH} iterations")
     p.add_argument("--seed", type=nonnegative_int, default=None)
     p.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE", help="override TrainConfig fields, e.g. method_params.lambda=1.0")
     p.add_argument("--name", default=None, help="model folder name (default: the method)")
@@ -263,13 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="ad-mt", help="the semi-supervised method shown beside the supervised baseline")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available)")
     p.set_defaults(func=cmd_demo)
-    for mod in PLUGINS:
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-            continue
+    # subcommands that live beside their stage's code
+    from semiseg.benchmark import cli as benchmark_cli
+    from semiseg.inference import cli as inference_cli
+    from semiseg.selftrain import cli as selftrain_cli
+
+    for module in (selftrain_cli, inference_cli, benchmark_cli):
         module.register_cli(sub)
     return ap
 

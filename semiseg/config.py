@@ -57,7 +57,7 @@ class Plan:
         return len(self.labels)
 
     def save(self, path: str | Path) -> None:
-        from semiseg.data.io import atomic_write_text
+        from semiseg.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(dataclasses.asdict(self), indent=2))
 
@@ -95,6 +95,7 @@ class TrainConfig:
     # no scaler: bf16 keeps fp32's exponent range), "fp16" (CUDA only), "fp32". Master weights stay fp32.
     precision: str = "auto"
     augmentation: str = "teacher"  # preset name in semiseg.data.augment
+    unlabelled_augmentation: str = "mirror"  # preset of the unlabelled stream, for methods that read it
     checkpoint_every: int = 250
     num_workers: int = 0
     method_params: dict[str, Any] = field(default_factory=dict)
@@ -114,7 +115,7 @@ class TrainConfig:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
 
     def save(self, path: str | Path) -> None:
-        from semiseg.data.io import atomic_write_text
+        from semiseg.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(dataclasses.asdict(self), indent=2))
 
@@ -133,6 +134,7 @@ class TrainConfig:
         return cls.from_dict(read_data_file(path), str(path))
 
 
+EPOCH_LENGTH = 250  # iterations per epoch, nnU-Net's: ``--epochs``, per-epoch method hooks, curve smoothing
 RESULT_NEUTRAL = ("num_workers", "checkpoint_every")  # TrainConfig fields that change no number of a training
 
 

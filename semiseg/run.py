@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from semiseg.config import Plan, TrainConfig
+from semiseg.data.cache import Cache
 from semiseg.data.dataset import RawDataset
 from semiseg.data.io import atomic_write_json, make_folder
 from semiseg.data.plan import fingerprint, make_plan
-from semiseg.data.preprocess import cached_foreground, preprocess_dataset
+from semiseg.data.preprocess import preprocess_dataset
 from semiseg.networks import check_patch
 
 
@@ -58,7 +59,7 @@ class Run:
             cases.update({c: False for c in ds.unlabelled})
         self._check_cache_plan()
         preprocess_dataset(ds.root, self.source.get("split"), self.plan, cases, self.cache, workers, progress)
-        if labelled and ds.labelled and not any(cached_foreground(self.cache, c) for c in ds.labelled):
+        if labelled and ds.labelled and not any(Cache(self.cache).has_foreground(c) for c in ds.labelled):
             raise ValueError(f"{ds.label_path(ds.labelled[0]).parent}: every labelled mask is empty after preprocessing "
                              f"({len(ds.labelled)} cases, e.g. {ds.label_path(ds.labelled[0]).name}): there is nothing to learn")
 
@@ -161,13 +162,14 @@ def train_fold(
     """Train one fold (or ``all``) of a run with any method; preprocesses what it needs first.
 
     Unlabelled cases (for methods that use them) enter only as images: the cache holds no labels for them."""
-    from semiseg.engine import distributed
+    from semiseg import distributed
     from semiseg.engine.trainer import DataSpec, train
     from semiseg.methods import get_method
 
     plan = run.plan
     check_patch(plan.network, plan.patch_size, str(run.root / "plan.json"))  # plan.json may have been edited since
     method_cls = get_method(cfg.method)
+    method_cls.parse_params(cfg.method_params)  # a typo is refused before any preprocessing or training
     needs_u = method_cls.needs_unlabelled
     distributed.setup(device)  # under torchrun: process 0 preprocesses, the others then read its cache
     with distributed.main_first() as info:

@@ -359,7 +359,7 @@ def _damage(path: Path, how: str) -> None:
 @pytest.mark.parametrize("how, words", [("truncated", ["is truncated"]), ("dtype", ["float64", "float32"]),
                                         ("shape", ["its properties say"]), ("garbage", ["unreadable header"])])
 def test_a_damaged_cache_array_is_named_when_read(cached, how, words):
-    from semiseg.data.preprocess import CacheError
+    from semiseg.data.cache import CacheError
     from semiseg.data.sampling import open_cases
 
     path = cached.cache / "b.npy"
@@ -371,7 +371,7 @@ def test_a_damaged_cache_array_is_named_when_read(cached, how, words):
 
 
 def test_a_damaged_label_array_is_named_and_preprocess_redoes_it(cached, capsys):
-    from semiseg.data.preprocess import CacheError, load_cached
+    from semiseg.data.cache import CacheError, load_cached
 
     seg = cached.cache / "a_seg.npy"
     good = np.load(seg)
@@ -384,7 +384,7 @@ def test_a_damaged_label_array_is_named_and_preprocess_redoes_it(cached, capsys)
 
 
 def test_corrupt_cache_properties_are_named(cached):
-    from semiseg.data.preprocess import CacheError, load_cached
+    from semiseg.data.cache import CacheError, load_cached
 
     (cached.cache / "c.json").write_text("{trunc")
     with pytest.raises(CacheError, match=r"c\.json: corrupt cache properties"):

@@ -114,3 +114,20 @@ def test_semi_supervised_method_trains_and_predicts(tmp_path: Path, method: str)
     (inp / "chaos_014_0000.nii.gz").symlink_to(sample_dataset() / "imagesTs" / "chaos_014_0000.nii.gz")
     assert main(["--quiet", "predict", "--model", str(run / method / "fold_all"), "--input", str(inp), "--output", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "chaos_014.nii.gz").is_file()
+
+
+def test_train_refuses_an_unknown_method_param_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--set method_params.consistncy=1` (a typo) stops the training before it starts, naming the bad key and
+    the valid ones, instead of training with the default."""
+    from semiseg.demo import sample_dataset
+
+    run = tmp_path / "run"
+    assert main(["--quiet", "plan", str(sample_dataset()), "--out", str(run), *TINY_PLAN]) == 0
+    assert main(["--quiet", "train", str(run), "--method", "mean-teacher", "--iterations", "2",
+                 "--set", "method_params.consistncy=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown params ['consistncy']" in err and "consistency" in err and "ema_decay" in err
+    assert not (run / "cache").exists() and not (run / "mean-teacher").exists()  # refused before any work
+    assert main(["--quiet", "train", str(run), "--method", "mean-teacher", "--iterations", "2",
+                 "--set", "method_params.consistency=oops"]) == 2
+    assert "consistency must be a number, got 'oops'" in capsys.readouterr().err

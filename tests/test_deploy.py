@@ -1,5 +1,5 @@
-"""Torch-free deployment (semiseg.deploy): each numpy port equals its torch twin, the ONNX deploy labels
-equal the torch Predictor's on a resampled oblique case, the output keeps the input's grid, and the
+"""Torch-free deployment (semiseg.deploy): the numpy core (semiseg.grid) equals torch where torch computes,
+the ONNX deploy labels equal the torch Predictor's on a resampled oblique case, the output keeps the input's grid, and the
 deploy process never imports torch."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-import semiseg.deploy.ops as ops
+import semiseg.grid as ops
 from semiseg.config import Plan, TrainConfig
 from semiseg.data.io import Geometry, ImageError
 from semiseg.data.preprocess import normalize, preprocess_array, resample_image
@@ -64,7 +64,7 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> Path:
                        spacing_xyz=(0.9, 1.1, 2.5), origin_xyz=(12.5, -40.0, 7.25), direction=rotation_z(30))
 
 
-# -- the numpy ports equal their torch twins --------------------------------------------------------
+# -- the numpy core equals torch --------------------------------------------------------------------
 def test_window_starts_and_gaussian_match() -> None:
     for tile in (8, 20, 64):
         for size in range(tile, tile * 4, 5):
@@ -124,7 +124,8 @@ def test_restorer_matches_torch_restorer(monkeypatch: pytest.MonkeyPatch) -> Non
                          "bbox": bbox}, 4, "linear")
     ref.push(0, in_shape[0], probs)
     monkeypatch.setattr(ops, "CHUNK_ELEMENTS", 1000)
-    r = ops.LabelRestorer({"shape_after_resample": in_shape, "shape_after_crop": crop, "shape_zyx": full, "bbox": bbox}, 4)
+    r = ops.LabelRestorer({"shape_after_resample": in_shape, "shape_after_crop": crop, "geometry": {"shape_zyx": full},
+                          "bbox": bbox}, 4)
     for z in range(0, in_shape[0], 2):
         r.push(z, min(in_shape[0], z + 2), probs[:, z : z + 2].numpy())
     np.testing.assert_array_equal(r.finish(), ref.finish())
@@ -164,6 +165,24 @@ def test_deploy_labels_equal_torch_predictor(model: Path, onnx_file: Path, case:
     got2 = _labels(dep2.predict_folder(case.parent, tmp_path / "dl", progress=False)[0])[0]
     for c in range(K):
         assert dice(got2 == c, _labels(logits)[0] == c) >= 0.999, c
+
+
+def test_deploy_output_folder_keeps_the_torch_predictors_record_and_shards(onnx_file: Path, case: Path, tmp_path: Path) -> None:
+    """One folder loop for both predictors (semiseg.runtime.predict_folder): a shard keeps its own record, the
+    same prediction resumes, a label map the folder has no record of is refused, another shard gets no case."""
+    dep = DeployPredictor.from_path(onnx_file, threads=1)
+    out = tmp_path / "out"
+    assert dep.predict_folder(case.parent, out, progress=False, shard=(0, 2)) == []  # one case: it is shard 1's
+    [target] = dep.predict_folder(case.parent, out, progress=False, shard=(1, 2))
+    record = json.loads((out / "predictions.shard-1-of-2.json").read_text())
+    assert list(record["cases"]) == ["oblique"] and record["stamp"]["options"]["backend"] == "deploy"
+    first = target.stat().st_mtime_ns
+    assert dep.predict_folder(case.parent, out, progress=False) == [target]  # every record of it vouches
+    assert target.stat().st_mtime_ns == first
+    stray = tmp_path / "stray"
+    write_nifti(np.zeros((4, 4, 4), np.uint8), stray / "oblique.nii.gz")
+    with pytest.raises(ValueError, match="no record"):
+        dep.predict_folder(case.parent, stray, progress=False)
 
 
 def test_cli_subprocess_imports_no_torch(onnx_file: Path, case: Path, tmp_path: Path) -> None:

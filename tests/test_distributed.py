@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from semiseg import distributed
 from semiseg.config import Plan, TrainConfig
-from semiseg.engine import distributed
 from semiseg.engine.trainer import DataSpec, make_batches
 from semiseg.methods.base import Method
 from semiseg.run import create_run

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-import semiseg.inference.restore as restore_mod
+import semiseg.grid as grid
 from semiseg.config import TrainConfig
 from semiseg.data.io import Geometry, ImageError
 from semiseg.data.preprocess import restore_to_input
@@ -141,7 +141,7 @@ def test_streamed_restore_equals_whole_volume_restore(in_shape, crop, full, bbox
     probs = torch.softmax(torch.nn.functional.avg_pool3d(torch.randn(1, 4, *in_shape, generator=g), 3, 1, 1)[0] * 5, 0)
     props = {"shape_after_resample": list(in_shape), "shape_after_crop": list(crop), "geometry": {"shape_zyx": list(full)}, "bbox": bbox}
     ref = restore_to_input(probs.numpy(), props, True)
-    monkeypatch.setattr(restore_mod, "CHUNK_ELEMENTS", 1000)  # force many small in-plane chunks
+    monkeypatch.setattr(grid, "CHUNK_ELEMENTS", 1000)  # force many small in-plane chunks
     r = LabelRestorer(props, 4, "linear")
     z = 0
     for dz in [2, 1, 3] * in_shape[0]:

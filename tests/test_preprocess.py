@@ -222,6 +222,45 @@ def test_preprocess_dataset_is_resumable(raw, tmp_path, spy):
     assert not [p.name for p in cache.iterdir() if p.name.startswith(".")]
 
 
+def test_cache_module_names_every_file_the_cache_holds(raw, tmp_path):
+    """semiseg.data.cache owns the names: a preprocessed folder holds exactly the files Cache.files lists,
+    and its reader gives back what was written."""
+    from semiseg.data.cache import Cache
+
+    cache = Cache(tmp_path / "cache")
+    preprocess_dataset(raw, None, make_plan(), CASES, cache.root, progress=False)
+    named = {p.name for c, labelled in CASES.items() for p in cache.files(c, labelled)}
+    assert {p.name for p in cache.root.iterdir() if not p.name.startswith(".")} == named
+    assert all(cache.has_all_files(c, labelled) for c, labelled in CASES.items())
+    assert cache.props("a")["labelled"] is True and cache.props("missing") is None
+    assert cache.load_seg("a").shape == cache.load_data("a", mmap=True).shape[1:]
+    copy = Cache(tmp_path / "copy")
+    copy.link_case(cache, "a", labelled=True)
+    assert copy.props("a") == cache.props("a") and np.array_equal(copy.load_data("a"), cache.load_data("a"))
+
+
+def test_cache_records_each_array_and_clears_only_its_cases_cut_writes(tmp_path):
+    """The writer casts to the cache's dtypes and records shape and dtype (which every read checks); a killed
+    writer's temporaries of one case are removed, another case's are not."""
+    from semiseg.data.cache import Cache, CacheError
+
+    cache = Cache(tmp_path)
+    cache.write_case("a", np.zeros((1, 2, 3, 4)), np.ones((2, 3, 4), dtype=np.int64), {"shape_after_resample": [2, 3, 4]})
+    assert cache.props("a")["arrays"] == {"data": {"shape": [1, 2, 3, 4], "dtype": "float32"},
+                                          "seg": {"shape": [2, 3, 4], "dtype": "int16"}}
+    data, seg = cache.load("a", labelled=True)
+    assert (data.dtype, seg.dtype) == (np.float32, np.int16)
+    np.save(cache.seg_path("a"), np.ones((2, 3, 4), dtype=np.int64))
+    with pytest.raises(CacheError, match="a_seg.npy: cached array holds int64"):
+        cache.load_seg("a")
+    cut = [tmp_path / ".a.json.x1.tmp.json", tmp_path / ".a_seg.npy.x2.tmp.npy", tmp_path / ".a.npy.tmp123"]
+    other = tmp_path / ".ab.json.x3.tmp.json"
+    for p in (*cut, other):
+        p.write_bytes(b"half")
+    assert sorted(cache.remove_partial("a")) == sorted(cut)
+    assert other.exists() and cache.has_all_files("a", labelled=True)
+
+
 def test_preprocess_dataset_redoes_case_whose_label_use_changed(raw, tmp_path, spy):
     cache = tmp_path / "cache"
     preprocess_dataset(raw, None, make_plan(), {"a": False}, cache, progress=False)

@@ -20,6 +20,7 @@ import torch
 
 ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'semiseg[ray]')")
 
+import semiseg.data.cache as C  # noqa: E402  (writes each cache entry's completion mark)
 import semiseg.selftrain.pipeline as P  # noqa: E402
 from semiseg.networks.model_file import read_model  # noqa: E402
 from semiseg.run import Run, create_run  # noqa: E402
@@ -85,7 +86,7 @@ def dying_pseudo_label(marker: Path, *args: Any, **kw: Any) -> Any:
     (marker / f"attempt_{attempt}").touch()
     out = Path(args[3])
     if attempt == 0:
-        real, marks = P.atomic_write_json, []
+        real, marks = C.atomic_write_json, []
 
         def write_then_die(path: Any, obj: Any) -> None:
             path = Path(path)
@@ -96,7 +97,7 @@ def dying_pseudo_label(marker: Path, *args: Any, **kw: Any) -> Any:
                     os.kill(os.getpid(), signal.SIGKILL)
             real(path, obj)
 
-        P.atomic_write_json = write_then_die
+        C.atomic_write_json = write_then_die
     else:
         found = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
         (marker / f"found_by_attempt_{attempt}.json").write_text(json.dumps(found))

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from semiseg.data.cutmix import box_mask, cutmix
-from semiseg.engine.ema import ema_update
-from semiseg.engine.rampup import cosine_rampdown, linear_rampup, sigmoid_rampup
+from semiseg.methods.ema import ema_update
+from semiseg.methods.rampup import cosine_rampdown, linear_rampup, sigmoid_rampup
 
 
 def _pair() -> tuple[nn.Module, nn.Module]:

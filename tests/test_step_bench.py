@@ -46,8 +46,10 @@ def test_time_entry_steps_every_method_on_the_plan_shape(sb, entry):
 def test_time_entry_marks_a_method_that_does_not_learn(sb, monkeypatch):
     import torch
 
-    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, closure=None: None)  # optimisers that never move a weight
-    doc = tiny_doc()  # nothing moves: the row must say so rather than pass
+    # an optimizer that never steps: nothing moves, and the row must say so rather than pass (a zero step size
+    # would do the same, but TrainConfig refuses lr = 0)
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, closure=None: None)
+    doc = tiny_doc()
     row = sb.time_entry(doc, doc["entries"][0], "cpu", amp=False, steps=1, warmup=0)
     assert row["weights_changed"] is False and row["ok"] is False
 

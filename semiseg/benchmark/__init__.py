@@ -6,23 +6,20 @@
     results.py      aggregation, gap closure, provenance (command, commit, machine)
     paired.py       paired comparison with the lower bound: bootstrap CI, Wilcoxon p (numpy + scipy)
     thumbnails.py   small best/worst-case overlay PNGs kept with the results
-    report.py       self-contained HTML report with embedded PNGs
     readme_table.py README results table generated from benchmarks/results/*.json
     cli.py          ``semiseg benchmark`` and ``semiseg report`` (register_cli)
+
+The HTML report of results files is semiseg.report.html (reports sit above the benchmark).
 """
 from semiseg.benchmark.config import BenchmarkConfig, load_config
 from semiseg.benchmark.results import gap_closure
 
-__all__ = ["BenchmarkConfig", "load_config", "gap_closure", "run_benchmark", "write_report"]
+__all__ = ["BenchmarkConfig", "load_config", "gap_closure", "run_benchmark"]
 
 
-def __getattr__(name: str):  # heavy modules (torch, matplotlib) load only when asked for
+def __getattr__(name: str):  # torch loads only when asked for
     if name == "run_benchmark":
         from semiseg.benchmark.harness import run_benchmark
 
         return run_benchmark
-    if name == "write_report":
-        from semiseg.benchmark.report import write_report
-
-        return write_report
     raise AttributeError(name)

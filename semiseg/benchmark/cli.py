@@ -34,7 +34,7 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from semiseg.benchmark.report import write_report
+    from semiseg.report.html import write_report
 
     index = write_report(a.results, a.out)
     print(f"report: {index}")

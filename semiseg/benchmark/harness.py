@@ -76,14 +76,20 @@ def piece_key(cfg: BenchmarkConfig, entry: MethodSpec, seed: int, plan: Plan) ->
     })
 
 
+KEYED_WHEN_SET = {"precision": "auto", "unlabelled_augmentation": "mirror"}  # TrainConfig fields added after pieces existed
+
+
 def _train_key(tc: TrainConfig) -> dict[str, Any]:
     """The training config as keyed: ``num_workers`` never changes a batch (batches are a function of (seed,
-    step)), so it is left out; ``precision`` is left out at its default so pieces made before it existed stay valid
-    (keys are compared as written, so they keep checkpoint_every; runs compare by comparable_train_config)."""
+    step)), so it is left out; fields added later (``precision``, ``unlabelled_augmentation``) are left out at their
+    defaults so pieces made before they existed stay valid (keys are compared as written, so they keep
+    checkpoint_every; runs compare by comparable_train_config). ``method_params`` is keyed as written in the
+    benchmark file, not with the method's defaults filled in."""
     d = dataclasses.asdict(tc)
     d.pop("num_workers", None)
-    if d.get("precision") == "auto":
-        d.pop("precision")
+    for name, default in KEYED_WHEN_SET.items():
+        if d.get(name) == default:
+            d.pop(name)
     return d
 
 
@@ -530,13 +536,7 @@ def run_benchmark(cfg: BenchmarkConfig, only: Sequence[str] | None = None, seeds
     if restored:
         print(f"[{cfg.name}] {restored} finished run(s) restored from {cfg.results_file}", flush=True)
     entries = [e for e in cfg.entries() if not only or e.name in only]
-    skipped: list[dict[str, Any]] = []
-    for e in list(entries):
-        reason = runner_for(e.method).unavailable()
-        if reason:
-            print(f"[{cfg.name}] skipping {e.name}: {reason}", flush=True)
-            skipped.append({"entry": e.name, "method": e.method, "reason": reason})
-            entries.remove(e)
+    skipped: list[dict[str, Any]] = []  # every runner runs here; the results keep the field older files fill
     if jobs > 1:
         pending = [(e, seed) for seed in (list(seeds) if seeds else cfg.seeds) for e in entries
                    if not _check_piece(layout.piece(e.name, seed), piece_key(cfg, e, seed, layout.run_for(e).plan))]

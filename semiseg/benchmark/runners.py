@@ -1,16 +1,13 @@
 """Method runners: how one (method, seed) entry of a benchmark is trained.
 
-Engine methods (registered in ``semiseg.methods``: supervised, mean-teacher, ua-mt, cps, dlunet, mpl)
+Engine methods (registered in ``semiseg.methods``: supervised, mean-teacher, ua-mt, cps, dlunet, mpl, ...)
 train with ``semiseg.run.train_fold``. Offline self-training (uncertainty, unfiltered, noisy-student)
-goes through ``semiseg.selftrain.pipeline.run_selftrain``, imported lazily: a benchmark that names
-those methods still runs its other entries and says why these were skipped until that module exists.
+goes through ``semiseg.selftrain.pipeline.run_selftrain`` (imported when a piece runs: it pulls in torch).
 A new family of methods plugs in with :func:`register_runner`, without touching the harness.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import inspect
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,9 +20,6 @@ from semiseg.run import Run
 class Runner(Protocol):
     """What the harness needs from a way of training."""
 
-    def unavailable(self) -> str | None:
-        """None when it can run here, else a sentence saying why not (the entry is then skipped)."""
-
     def check_params(self, method: str, params: dict[str, Any]) -> None:
         """Raise ValueError for params the method cannot take (called when the config is loaded)."""
 
@@ -36,25 +30,14 @@ class Runner(Protocol):
         """Train into ``out`` (resuming what is there) and return the model for ``Predictor.from_path``."""
 
 
-ENGINE_PARAMS = {"unlabelled_augmentation"}  # method_params read by the engine itself (trainer.make_batches)
-
-
 class EngineRunner:
     """Methods of the training engine: one ``train_fold(run, 'all', cfg)`` on the run's labelled cases."""
 
-    def unavailable(self) -> str | None:
-        return None
-
     def check_params(self, method: str, params: dict[str, Any]) -> None:
-        """Params with a declared default must be among those defaults (a typo would be silently ignored)."""
+        """The method's own declaration (its Params dataclass) judges the params."""
         from semiseg.methods import get_method
 
-        defaults = getattr(get_method(method), "defaults", None)
-        if isinstance(defaults, dict):
-            unknown = sorted(set(params) - set(defaults) - ENGINE_PARAMS)
-            if unknown:
-                raise ValueError(f"method '{method}': unknown params {unknown} (known: {sorted(defaults)})")
-        get_method(method).check_params(params)
+        get_method(method).parse_params(params)
 
     def prepare(self, run: Run, cfg: TrainConfig, progress: bool) -> None:
         from semiseg.methods import get_method
@@ -76,31 +59,14 @@ class SelfTrainRunner:
     ``iterations`` (per model), ``seed``, ``batch_size``, and the shared TrainConfig fields as
     ``train_overrides``; the entry's params are SelfTrainConfig fields (rounds, k, selection, ...)."""
 
-    module = "semiseg.selftrain.pipeline"
-
-    def _load(self) -> Any:
-        return importlib.import_module(self.module)
-
-    def unavailable(self) -> str | None:
-        try:
-            mod = self._load()
-        except ImportError as e:
-            return f"{self.module} is not importable ({e}); self-training entries are skipped until it is"
-        if not callable(getattr(mod, "run_selftrain", None)):
-            return f"{self.module} has no run_selftrain(run, cfg); self-training entries are skipped"
-        return None
-
     def check_params(self, method: str, params: dict[str, Any]) -> None:
-        """Checked against SelfTrainConfig when the pipeline is importable (else the entry is skipped anyway)."""
-        try:
-            cls = getattr(self._load(), "SelfTrainConfig", None)
-        except ImportError:
-            return
-        if cls is not None:
-            known = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(params) - known)
-            if unknown:
-                raise ValueError(f"method '{method}': params {unknown} are not SelfTrainConfig fields ({sorted(known)})")
+        """The entry's params must be SelfTrainConfig fields."""
+        from semiseg.selftrain.pipeline import SelfTrainConfig
+
+        known = {f.name for f in dataclasses.fields(SelfTrainConfig)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"method '{method}': params {unknown} are not SelfTrainConfig fields ({sorted(known)})")
 
     def prepare(self, run: Run, cfg: TrainConfig, progress: bool) -> None:
         run.ensure_preprocessed(labelled=True, unlabelled=True, progress=progress)
@@ -118,12 +84,11 @@ class SelfTrainRunner:
             os.symlink(run.cache.resolve(), link, target_is_directory=True)
         return Run(out)
 
-    def selftrain_config(self, mod: Any, cfg: TrainConfig) -> Any:
-        cls = getattr(mod, "SelfTrainConfig", None)
-        if cls is None:
-            return cfg
+    def selftrain_config(self, cfg: TrainConfig) -> Any:
+        from semiseg.selftrain.pipeline import SelfTrainConfig
+
         self.check_params(cfg.method, cfg.method_params)
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(SelfTrainConfig)}
         params = dict(cfg.method_params)
         defaults = TrainConfig()
         shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)
@@ -131,19 +96,12 @@ class SelfTrainRunner:
                   and getattr(cfg, f.name) != getattr(defaults, f.name)}
         fields = {"method": cfg.method, "iterations": cfg.iterations, "seed": cfg.seed, "batch_size": cfg.batch_size}
         fields["train_overrides"] = {**shared, **params.pop("train_overrides", {})}
-        return cls(**{k: v for k, v in fields.items() if k in known}, **params)
+        return SelfTrainConfig(**{k: v for k, v in fields.items() if k in known}, **params)
 
     def train(self, run: Run, cfg: TrainConfig, out: Path, device: str | None, progress: bool) -> Path:
-        mod = self._load()
-        fn = mod.run_selftrain
-        params = inspect.signature(fn).parameters
-        kwargs = {k: v for k, v in {"device": device, "progress": progress}.items() if k in params}
-        result = fn(self.seed_run(run, out), self.selftrain_config(mod, cfg), **kwargs)
-        if isinstance(result, dict):
-            result = result.get("model")
-        if result is None:
-            raise ValueError(f"{self.module}.run_selftrain returned no model path for method '{cfg.method}'")
-        return Path(result)
+        from semiseg.selftrain.pipeline import run_selftrain
+
+        return run_selftrain(self.seed_run(run, out), self.selftrain_config(cfg), device=device, progress=progress)
 
 
 ENGINE = EngineRunner()

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from semiseg.benchmark.results import case_foreground
-from semiseg.report.overlay import best_slice, window_intensity
+from semiseg.evaluation.slices import best_slice, window_intensity
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd")
 ALPHA = 0.45  # label colour over the image, as in semiseg.report.overlay

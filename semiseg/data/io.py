@@ -1,13 +1,10 @@
-"""Image I/O with SimpleITK and atomic writes.
+"""Image I/O with SimpleITK; images are written atomically (the helpers live in semiseg.atomic).
 
 Arrays are (z, y, x) (or (C, z, y, x)); spacing/origin are reported in that array order too, while the
 SimpleITK image keeps its own (x, y, z) geometry, which we carry untouched to write predictions back.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +12,16 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+# the atomic writers are semiseg.atomic's; re-exported for the many callers that write images and JSON together
+from semiseg.atomic import (  # noqa: F401
+    atomic_save_npy,
+    atomic_write_json,
+    atomic_write_text,
+    is_temporary,
+    make_folder,
+    remove_temporaries,
+    replacing,
+)
 
 
 class ImageError(ValueError):
@@ -143,48 +147,6 @@ def read_array(path: str | Path) -> tuple[np.ndarray, Geometry]:
     return arr, Geometry.of(img)
 
 
-def make_folder(path: str | Path, what: str = "output folder") -> Path:
-    """Create a folder (and its parents), or say which part of its path is a file: ``mkdir`` would raise a bare
-    FileExistsError / NotADirectoryError naming neither."""
-    path = Path(path)
-    for part in [path, *path.parents]:
-        if part.exists():
-            if not part.is_dir():
-                raise ValueError(f"{path}: cannot make the {what}: {part} is a file, not a folder")
-            break
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot make the {what}: {e.strerror or e}") from None
-    return path
-
-
-def _tmp_in(path: Path, suffix: str) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should get the usual permissions
-    return tmp
-
-
-def is_temporary(path: Path) -> bool:
-    """Whether a file name is one of :func:`_tmp_in`'s temporaries (``.<name>.<random>.tmp<suffix>``)."""
-    return path.name.startswith(".") and ".tmp" in path.name and path.name.count(".") >= 3
-
-
-def remove_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporaries a killed writer left in ``folder``; call only while no writer is live there (under
-    its folder lock). Returns what was removed."""
-    removed = []
-    folder = Path(folder)
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if p.is_file() and is_temporary(p):
-                p.unlink(missing_ok=True)
-                removed.append(p)
-    return removed
-
-
 def write_segmentation(seg: np.ndarray, geometry: Geometry, path: str | Path) -> None:
     """Write an integer label map with the given geometry, atomically."""
     path = Path(path)
@@ -196,54 +158,10 @@ def write_segmentation(seg: np.ndarray, geometry: Geometry, path: str | Path) ->
 
 def _write_sitk_atomic(img: sitk.Image, path: Path) -> None:
     """Write to a temporary name beside the target, then rename: a crash never leaves half a file."""
-    tmp = _tmp_in(path, "".join(path.suffixes) or ".nii.gz")
-    try:
+    with replacing(path, "".join(path.suffixes) or ".nii.gz") as tmp:
         sitk.WriteImage(img, tmp, True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_image(arr: np.ndarray, geometry: Geometry, path: str | Path) -> None:
     """Write a scalar image with the given geometry, atomically."""
     _write_sitk_atomic(geometry.apply_to(sitk.GetImageFromArray(arr)), Path(path))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = _tmp_in(path, path.suffix)
-    try:
-        Path(tmp).write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default))
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
-    path = Path(path)
-    tmp = _tmp_in(path, ".npy")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from semiseg.atomic import atomic_write_json, is_temporary, make_folder
 from semiseg.data.cases import IMAGE_ENDINGS
-from semiseg.data.io import atomic_write_json, is_temporary, make_folder
 
 MANIFEST = "predictions.json"
 NEUTRAL_OPTIONS = ("device", "threads", "batch", "cpu_fast")  # change speed, not labels (beyond float rounding)

@@ -10,7 +10,6 @@ in worker processes without shared random state. Streams:
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +19,7 @@ import torch
 
 from semiseg.config import ALL_AXES
 from semiseg.data.augment import augment, build_augmentation
-from semiseg.data.preprocess import load_cached
+from semiseg.data.cache import Cache
 
 
 @dataclass
@@ -32,24 +31,23 @@ class CachedCase:
 
     def load(self) -> tuple[np.ndarray, np.ndarray | None]:
         """Memory-mapped arrays, checked against the case's properties (a damaged file is named)."""
-        return load_cached(self.data_path.parent, self.name, with_label=self.seg_path is not None)
+        return Cache(self.data_path.parent).load(self.name, labelled=self.seg_path is not None)
 
 
 def open_cases(cache_dir: str | Path, cases: list[str], with_labels: bool) -> list[CachedCase]:
     """Index cached cases; ``with_labels=False`` never touches label files."""
     out = []
-    cache = Path(cache_dir)
+    cache = Cache(Path(cache_dir))
     for c in cases:
-        pj = cache / f"{c}.json"
-        if not pj.is_file():
-            raise FileNotFoundError(f"{pj}: case '{c}' is not in the preprocessing cache")
-        props = json.loads(pj.read_text())
+        props = cache.props(c)
+        if props is None:
+            raise FileNotFoundError(f"{cache.props_path(c)}: case '{c}' is not in the preprocessing cache")
         if with_labels and not props.get("labelled"):
-            raise ValueError(f"{pj}: case '{c}' was cached without labels but is used as labelled")
-        seg = cache / f"{c}_seg.npy" if with_labels else None
-        out.append(CachedCase(c, cache / f"{c}.npy", seg, props.get("class_locations", {}) if with_labels else {}))
+            raise ValueError(f"{cache.props_path(c)}: case '{c}' was cached without labels but is used as labelled")
+        seg = cache.seg_path(c) if with_labels else None
+        out.append(CachedCase(c, cache.data_path(c), seg, props.get("class_locations", {}) if with_labels else {}))
     if not out:
-        raise ValueError(f"{cache}: no cases to sample from")
+        raise ValueError(f"{cache.root}: no cases to sample from")
     return out
 
 

@@ -15,28 +15,20 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from semiseg.config import Plan
-from semiseg.data.cases import discover_cases, read_channels
+from semiseg.data.cases import discover_cases, read_channels  # noqa: F401  (discover_cases re-exported)
 from semiseg.data.io import Geometry, ImageError, write_segmentation
-from semiseg.data.outputs import PredictionFolder, prediction_stamp
-from semiseg.deploy.ops import LabelRestorer, iter_slabs, preprocess, softmax
+from semiseg.data.outputs import prediction_stamp
+from semiseg.grid import LabelRestorer, iter_slabs, preprocess, softmax
+from semiseg.runtime import ENSEMBLE_FIELDS, find_model_files, onnx_session, plan_mismatch, predict_folder
 
 RESAMPLE_MODES = ("probabilities", "logits")
 
 
 def find_onnx(path: str | Path) -> list[Path]:
     """An .onnx file, a folder with model_final.onnx, or a folder of fold_*/model_final.onnx (an ensemble)."""
-    p = Path(path)
-    if p.is_file():
-        return [p]
-    if (p / "model_final.onnx").is_file():
-        return [p / "model_final.onnx"]
-    found = sorted(p.glob("fold_*/model_final.onnx"))
-    if not found:
-        raise FileNotFoundError(f"{p}: no model_final.onnx here nor in fold_*/ (run `semiseg export-onnx {p}` first)")
-    return found
+    return find_model_files(path, "model_final.onnx", f" (run `semiseg export-onnx {path}` first)")
 
 
 def plan_path(onnx_file: Path) -> Path:
@@ -52,30 +44,15 @@ class OrtNetwork:
     """One ONNX Runtime session: float32 (B, C, *patch) windows -> (B, K, *patch) logits."""
 
     def __init__(self, path: Path, threads: int | None = None, providers: Sequence[str] | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ImportError("deployment needs onnxruntime: pip install 'semiseg[onnx]'") from None
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        avail = ort.get_available_providers()
-        chosen = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in avail]
-        try:
-            self.session = ort.InferenceSession(str(path), so, providers=chosen or ["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for corrupt files
-            raise ValueError(f"{path}: cannot load ONNX model: {e}") from None
+        self.session = onnx_session(path, threads, providers)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
-def _same_preprocessing(a: Plan, b: Plan) -> bool:
-    return (a.target_spacing == b.target_spacing and a.normalization == b.normalization and a.labels == b.labels
-            and a.num_input_channels == b.num_input_channels and a.patch_size == b.patch_size)
+# an exported graph takes windows of the patch it was traced with, and the windows are cut at the first plan's
+SHARED_FIELDS = (*ENSEMBLE_FIELDS, "patch_size")
 
 
 class DeployPredictor:
@@ -97,8 +74,9 @@ class DeployPredictor:
         plan: Plan | None = None
         for m in models:
             p = Plan.load(plan_path(Path(m)))
-            if plan is not None and not _same_preprocessing(plan, p):
-                raise ValueError(f"{m}: its plan (spacing/normalisation/labels/patch) differs from the first model's")
+            differ = plan_mismatch(plan, p, SHARED_FIELDS) if plan is not None else []
+            if differ:
+                raise ValueError(f"{m}: its plan differs from the first model's in {', '.join(differ)}")
             plan = p
             self.networks.append(OrtNetwork(Path(m), threads, providers))
         assert plan is not None
@@ -141,22 +119,12 @@ class DeployPredictor:
         return Path(out_path)
 
     def predict_folder(self, input_path: str | Path, output_dir: str | Path, overwrite: bool = False,
-                       progress: bool = True) -> list[Path]:
-        """A file or every case of a folder; outputs of this same prediction are kept (resumable), label maps of any
-        other one refused (semiseg.data.outputs) unless ``overwrite``."""
-        cases = discover_cases(input_path, self.plan.num_input_channels)
-        out = Path(output_dir)
-        folder = PredictionFolder(out, prediction_stamp(self.model_paths, {"backend": "deploy", "step": self.step, "resample": self.resample}),
-                                  overwrite)
-        done = folder.begin(cases)  # refuses label maps of another prediction
-        written = []
-        for case, (paths, ending) in tqdm(cases.items(), desc="predict", unit="case", disable=not progress):
-            target = out / f"{case}{ending}"
-            if case not in done:
-                self.predict_files(paths, target)
-                folder.record(case, target, paths)
-            written.append(target)
-        return written
+                       progress: bool = True, shard: tuple[int, int] | None = None) -> list[Path]:
+        """A file or every case of a folder (or shard i of n of them); outputs of this same prediction are kept
+        (resumable), label maps of any other one refused (semiseg.data.outputs) unless ``overwrite``."""
+        stamp = prediction_stamp(self.model_paths, {"backend": "deploy", "step": self.step, "resample": self.resample})
+        return predict_folder(self.predict_files, input_path, output_dir, self.plan.num_input_channels, stamp,
+                              overwrite, progress, shard)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,15 +15,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from semiseg.config import Plan, TrainConfig, comparable_train_config
+from semiseg import distributed
+from semiseg.config import EPOCH_LENGTH, Plan, TrainConfig, comparable_train_config
 from semiseg.data.folder_lock import FolderLock
 from semiseg.data.io import atomic_write_json
 from semiseg.data.sampling import PatchSampler, TrainingBatches, open_cases
-from semiseg.engine import distributed
 from semiseg.methods import Method, StepContext, build_method
 from semiseg.networks.model_file import atomic_torch_save, load_model, read_file, read_model, save_model  # noqa: F401 (load_model: re-exported)
-
-EPOCH_LENGTH = 250  # nnU-Net's epoch, used for per-epoch hooks (adaptive weights) and log averages
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -56,7 +54,7 @@ def make_batches(plan: Plan, cfg: TrainConfig, spec: DataSpec, method: Method,
     if method.needs_unlabelled:
         if not spec.unlabelled:
             raise ValueError(f"method '{cfg.method}' needs unlabelled cases but the split has none")
-        unl = PatchSampler(open_cases(spec.cache, spec.unlabelled, False), plan.patch_size, 0.0, cfg.method_params.get("unlabelled_augmentation", "mirror"),
+        unl = PatchSampler(open_cases(spec.cache, spec.unlabelled, False), plan.patch_size, 0.0, cfg.unlabelled_augmentation,
                            plan.mirror_axes)
     pseudo = None
     if spec.pseudo:
@@ -190,8 +188,7 @@ def _refuse_other_config(path: Path, cfg: TrainConfig) -> None:
 
 def _inference_net_cfg(plan: Plan, method: Method):
     """The NetworkConfig of the kept network (a method may keep a different arch, e.g. DLUNet's light net)."""
-    overrides = getattr(method, "inference_network_overrides", None) or {}
-    return dataclasses.replace(plan.network, **overrides)
+    return dataclasses.replace(plan.network, **method.inference_network_overrides)
 
 
 def history_keys(history: list[dict[str, float]]) -> list[str]:

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from semiseg.runtime import onnx_session
+
 DEFAULT_OPSET = 17
 
 
@@ -93,22 +95,10 @@ class OnnxNetwork:
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
         _require("onnxruntime")
-        import onnxruntime as ort
-
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: ONNX file not found")
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        avail = ort.get_available_providers()
-        chosen = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in avail]
-        try:
-            self.session = ort.InferenceSession(str(self.path), so, providers=chosen or ["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for corrupt files
-            raise ValueError(f"{self.path}: cannot load ONNX model: {e}") from None
+        self.session = onnx_session(self.path, threads, providers)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

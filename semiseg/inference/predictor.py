@@ -22,15 +22,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from semiseg.config import Plan
 from semiseg.data.cases import IMAGE_ENDINGS, discover_cases, read_channels, shard_of  # noqa: F401  (re-exported)
 from semiseg.data.io import Geometry, ImageError, write_segmentation
-from semiseg.data.outputs import PredictionFolder, prediction_stamp
+from semiseg.data.outputs import prediction_stamp
 from semiseg.data.preprocess import preprocess_array
 from semiseg.inference.restore import LabelRestorer
 from semiseg.inference.sliding_window import TTA_AXES, Net, iter_slabs, sliding_window
+from semiseg.runtime import find_model_files, plan_mismatch, predict_folder
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("torch", "onnx")
@@ -72,20 +72,7 @@ class PredictorConfig:
 
 def find_models(path: str | Path) -> list[Path]:
     """A model file, a folder with model_final.pt, or a folder of fold_*/model_final.pt (an ensemble)."""
-    p = Path(path)
-    if p.is_file():
-        return [p]
-    if (p / "model_final.pt").is_file():
-        return [p / "model_final.pt"]
-    found = sorted(p.glob("fold_*/model_final.pt"))
-    if not found:
-        raise FileNotFoundError(f"{p}: no model_final.pt here nor in fold_*/ subfolders")
-    return found
-
-
-def _same_preprocessing(a: Plan, b: Plan) -> bool:
-    return (a.target_spacing == b.target_spacing and a.normalization == b.normalization
-            and a.labels == b.labels and a.num_input_channels == b.num_input_channels)
+    return find_model_files(path, "model_final.pt")
 
 
 class _InstanceNormAsGroupNorm(nn.Module):
@@ -144,8 +131,9 @@ class Predictor:
         plan: Plan | None = None
         for m in models:
             net, p = load_model(m, self.device)
-            if plan is not None and not _same_preprocessing(plan, p):
-                raise ValueError(f"{m}: its plan (spacing/normalisation/labels) differs from the first model's")
+            differ = plan_mismatch(plan, p) if plan is not None else []
+            if differ:
+                raise ValueError(f"{m}: its plan differs from the first model's in {', '.join(differ)}")
             plan = p
             if self.cfg.backend == "onnx":
                 from semiseg.inference.onnx_backend import OnnxNetwork, ensure_onnx
@@ -264,21 +252,9 @@ class Predictor:
         of any other one in the folder are refused (semiseg.data.outputs), or replaced with ``overwrite``.
         ``shard`` (i, n): only shard i of n of the sorted cases (:func:`shard_of`), so n jobs started by any
         scheduler into one output folder predict every case exactly once (each keeps its own record)."""
-        cases = discover_cases(input_path, self.plan.num_input_channels)
-        if shard is not None:
-            cases = {c: cases[c] for c in shard_of(list(cases), *shard)}
-        out = Path(output_dir)
-        folder = PredictionFolder(out, prediction_stamp(self.model_paths, config_dict(self.cfg), self._postprocess_config()), overwrite,
-                                  part=f"shard-{shard[0]}-of-{shard[1]}" if shard is not None else "")
-        done = folder.begin(cases)  # refuses label maps of another prediction (model, options, input) unless overwrite
-        written = []
-        for case, (paths, ending) in tqdm(cases.items(), desc="predict", unit="case", disable=not progress):
-            target = out / f"{case}{ending}"
-            if case not in done:
-                self.predict_files(paths, target)
-                folder.record(case, target, paths)
-            written.append(target)
-        return written
+        stamp = prediction_stamp(self.model_paths, config_dict(self.cfg), self._postprocess_config())
+        return predict_folder(self.predict_files, input_path, output_dir, self.plan.num_input_channels, stamp,
+                              overwrite, progress, shard)
 
     def _postprocess_config(self) -> Any:
         pp = self.postprocess

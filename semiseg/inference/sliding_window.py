@@ -17,16 +17,15 @@ it into labels at once; no (K, full volume) tensor exists unless the caller buil
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from semiseg.deploy.ops import window_starts  # noqa: F401  (torch-free; re-exported)
+from semiseg import grid
 from semiseg.config import ALL_AXES
+from semiseg.grid import ArrayOps, Slab, patch_pads, stream_slabs, window_starts  # noqa: F401  (Slab: re-exported)
 from semiseg.networks import main_output
 
 Net = nn.Module | Callable[[torch.Tensor], torch.Tensor]
@@ -46,22 +45,9 @@ def tta_flips(tta: str, mirror_axes: Sequence[int] = ALL_AXES) -> list[tuple[int
     return [f for f in TTA_AXES[tta] if set(f) <= allowed]
 
 
-@lru_cache(maxsize=8)
 def _gaussian(patch: tuple[int, ...], sigma_scale: float = 1 / 8) -> torch.Tensor:
-    """nnU-Net v2's importance map: a Gaussian (sigma = patch * sigma_scale) centred on voxel patch // 2,
-    maximum 1. nnU-Net builds it by Gaussian-filtering a delta (scipy, truncated at 4 sigma: never inside
-    the patch at sigma = patch/8), which is this product of sampled 1D Gaussians; the same centre keeps
-    our labels equal to nnU-Net's (a centre at (p - 1)/2 changes the weights by up to 15 % for p = 20)."""
-    g = torch.ones(patch, dtype=torch.float64)
-    for ax, p in enumerate(patch):
-        sigma = p * sigma_scale
-        x = torch.arange(p, dtype=torch.float64) - p // 2
-        shape = [1] * len(patch)
-        shape[ax] = p
-        g = g * torch.exp(-(x**2) / (2 * sigma**2)).reshape(shape)
-    g = g / g.max()
-    g = torch.clamp(g, min=float(g[g > 0].min()))  # no zero weights (nnU-Net does the same)
-    return g.float()
+    """nnU-Net v2's importance map as a tensor (:func:`semiseg.grid.gaussian`)."""
+    return torch.from_numpy(grid.gaussian(patch, sigma_scale))
 
 
 def importance_map(patch: Sequence[int], gaussian: bool) -> torch.Tensor:
@@ -72,24 +58,18 @@ def pad_to_patch(data: np.ndarray | torch.Tensor, patch: Sequence[int]) -> tuple
     """Zero-pad spatial dims up to the patch size (centred); returns the padded tensor and the pads.
     No copy is made when the volume already covers the patch."""
     t = torch.as_tensor(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else data
-    pads = []
-    for s, p in zip(t.shape[1:], patch):
-        extra = max(0, p - s)
-        pads.append((extra // 2, extra - extra // 2))
+    pads = patch_pads(t.shape[1:], patch)
     if any(a or b for a, b in pads):
         flat = [v for a, b in reversed(pads) for v in (a, b)]
         t = torch.nn.functional.pad(t, flat)
     return t, pads
 
 
-@dataclass
-class Slab:
-    """Finished z rows ``[z0, z1)`` of the unpadded volume: one (K, z1 - z0, y, x) float32 tensor of
-    Gaussian-weighted mean logits per network."""
-
-    z0: int
-    z1: int
-    logits: list[torch.Tensor]
+def torch_ops(device: torch.device) -> ArrayOps:
+    """Slab streaming with accumulators on ``device`` (slab-sized, so small on a GPU too) and finished
+    slabs back on the CPU."""
+    return ArrayOps(lambda shape: torch.zeros(shape, device=device), lambda xs, axis: torch.cat(xs, axis),
+                    lambda xs: torch.stack(xs).to(device), lambda t: t.cpu())
 
 
 def _forward(net: Net, xb: torch.Tensor, flips: list[tuple[int, ...]], device: torch.device,
@@ -142,53 +122,15 @@ def iter_slabs(
     x, pads = pad_to_patch(data, patch)
     if x.ndim != 4:
         raise ValueError(f"expected a (C, z, y, x) volume, got shape {tuple(x.shape)}")
-    x = x.float()
-    shape = tuple(x.shape[1:])
-    pz = int(patch[0])
-    starts = [window_starts(s, int(p), step) for s, p in zip(shape, patch)]
-    windows = list(itertools.product(*starts))  # z-major: rows of equal z start are contiguous
     weight = importance_map(patch, gaussian).to(device)
     flips = tta_flips(tta, mirror_axes)
-    (za, zb), (ya, yb), (xa, xb) = pads
-    crop_yx = (slice(ya, shape[1] - yb), slice(xa, shape[2] - xb))
 
-    lo = 0  # first z row still held in the accumulators (padded coordinates)
-    # accumulators live on the device (slab-sized, so small on a GPU too); finished slabs come back to the CPU
-    accs = [torch.zeros((num_outputs, 0, *shape[1:]), device=device) for _ in nets]
-    norm = torch.zeros((0, *shape[1:]), device=device)
-
-    def emit(upto: int) -> Iterator[Slab]:
-        nonlocal lo, accs, norm
-        a, b = max(lo, za), min(upto, shape[0] - zb)  # drop padded rows
-        if b > a:
-            n = norm[a - lo : b - lo][(slice(None), *crop_yx)]
-            outs = [(acc[:, a - lo : b - lo][(slice(None), slice(None), *crop_yx)] / n).cpu() for acc in accs]
-            yield Slab(a - za, b - za, outs)
-        accs = [acc[:, upto - lo :] for acc in accs]
-        norm = norm[upto - lo :]
-        lo = upto
+    def forward(k: int, inp: torch.Tensor) -> torch.Tensor:
+        return _forward(nets[k], inp, flips, device, autocast_dtype, prepare)
 
     with torch.inference_mode():
-        for i in range(0, len(windows), batch):
-            chunk = windows[i : i + batch]
-            hi = max(w[0] for w in chunk) + pz
-            have = lo + norm.shape[0]
-            if hi > have:  # extend the open z range
-                accs = [torch.cat([acc, acc.new_zeros((num_outputs, hi - have, *shape[1:]))], 1) for acc in accs]
-                norm = torch.cat([norm, norm.new_zeros((hi - have, *shape[1:]))], 0)
-            sls = [tuple(slice(s, s + int(p)) for s, p in zip(w, patch)) for w in chunk]
-            inp = torch.stack([x[(slice(None),) + sl] for sl in sls]).to(device)
-            for net, acc in zip(nets, accs):
-                out = _forward(net, inp, flips, device, autocast_dtype, prepare) * weight
-                for j, w in enumerate(chunk):
-                    z = w[0] - lo
-                    acc[:, z : z + pz, sls[j][1], sls[j][2]] += out[j]
-            for j, w in enumerate(chunk):
-                z = w[0] - lo
-                norm[z : z + pz, sls[j][1], sls[j][2]] += weight
-            nxt = windows[i + batch][0] if i + batch < len(windows) else shape[0]
-            if nxt > lo:
-                yield from emit(nxt)
+        yield from stream_slabs(forward, len(nets), x.float(), pads, patch, num_outputs, step, batch, weight,
+                                torch_ops(device))
 
 
 def sliding_window(

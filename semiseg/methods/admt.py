@@ -12,19 +12,21 @@ with another sample; both teachers label the weak view (targets mixed with the s
 from __future__ import annotations
 
 import copy
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from torch import nn
 
 from semiseg.data.strong_views import mixed_strong_view
-from semiseg.engine.ema import ema_update
 from semiseg.losses import dice_ce, masked_dice_ce
 from semiseg.methods.base import Method, StepContext, register
+from semiseg.methods.ema import ema_update
 from semiseg.networks import main_output
 
-CONFLICT_MODES = ("confidence", "latest")
+ConflictMode = Literal["confidence", "latest"]
+CONFLICT_MODES = get_args(ConflictMode)
 
 
 def alternation(total_steps: int, period: int, seed: int) -> np.ndarray:
@@ -59,6 +61,18 @@ def teacher_targets(logits1: torch.Tensor, logits2: torch.Tensor, mode: str, lat
     return torch.where(take2, y2, y1), torch.where(take2, c2, c1), conflict
 
 
+@dataclass(frozen=True)
+class ADMTParams:
+    alternate_period: int = 24
+    ema_decay: float = 0.99
+    threshold: float = 0.95
+    conflict_mode: ConflictMode = "confidence"
+    conflict_weight: float = 1.0
+    cutmix_ratio: float = 0.5
+    u_weight: float = 1.0
+    inference: Literal["student", "teacher1", "teacher2"] = "student"
+
+
 @register
 class ADMT(Method):
     """params (defaults): alternate_period 24 (longest turn of a teacher, in steps; the authors' code), ema_decay
@@ -67,16 +81,10 @@ class ADMT(Method):
 
     name = "ad-mt"
     needs_unlabelled = True
-    defaults: dict[str, Any] = {"alternate_period": 24, "ema_decay": 0.99, "threshold": 0.95, "conflict_mode": "confidence",
-                                "conflict_weight": 1.0, "cutmix_ratio": 0.5, "u_weight": 1.0, "inference": "student"}
+    Params = ADMTParams
 
     def __init__(self, make_net, num_classes, params, train_cfg):
-        super().__init__(make_net, num_classes, {**self.defaults, **params}, train_cfg)
-        p = self.params
-        if p["conflict_mode"] not in CONFLICT_MODES:
-            raise ValueError(f"ad-mt: conflict_mode must be one of {', '.join(CONFLICT_MODES)}, got '{p['conflict_mode']}'")
-        if p["inference"] not in ("student", "teacher1", "teacher2"):
-            raise ValueError("ad-mt: inference must be 'student', 'teacher1' or 'teacher2'")
+        super().__init__(make_net, num_classes, params, train_cfg)
         self.student = make_net()
         self.teacher1, self.teacher2 = copy.deepcopy(self.student), copy.deepcopy(self.student)
         for q in [*self.teacher1.parameters(), *self.teacher2.parameters()]:
@@ -86,7 +94,7 @@ class ADMT(Method):
 
     def active_teacher(self, ctx: StepContext) -> int:
         if self._schedule is None or len(self._schedule) != ctx.total_steps:
-            self._schedule = alternation(ctx.total_steps, int(self.params["alternate_period"]), int(self.cfg.seed))
+            self._schedule = alternation(ctx.total_steps, int(self.params.alternate_period), int(self.cfg.seed))
         return int(self._schedule[ctx.step])
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
@@ -96,21 +104,21 @@ class ADMT(Method):
         latest = self.active_teacher(StepContext(max(0, ctx.step - 1), ctx.total_steps, ctx.device))
         with torch.no_grad(), self.autocast(ctx.device):
             t1, t2 = main_output(self.teacher1(u)), main_output(self.teacher2(u))
-        y, conf, conflict = teacher_targets(t1, t2, p["conflict_mode"], latest)
-        x_u, (y, conf, conflict) = mixed_strong_view(u, (y, conf, conflict), p["cutmix_ratio"])
-        ok = conf >= p["threshold"]
+        y, conf, conflict = teacher_targets(t1, t2, p.conflict_mode, latest)
+        x_u, (y, conf, conflict) = mixed_strong_view(u, (y, conf, conflict), p.cutmix_ratio)
+        ok = conf >= p.threshold
         with self.autocast(ctx.device):
             out = main_output(self.student(torch.cat([image, x_u])))
         sup = dice_ce(out[:n], label)
         # one loss over the confident voxels, conflicting ones weighted conflict_weight (the authors' per-voxel sum)
-        weight = (ok & ~conflict).float() + p["conflict_weight"] * (ok & conflict).float()
-        unsup = p["u_weight"] * masked_dice_ce(out[n:], y, weight)
+        weight = (ok & ~conflict).float() + p.conflict_weight * (ok & conflict).float()
+        unsup = p.u_weight * masked_dice_ce(out[n:], y, weight)
         diag = self.gradient_share(sup, unsup, self.student, ctx)
         loss = sup + unsup
         self.optimize(loss, "student")
-        ema_update(self.teacher1 if active == 0 else self.teacher2, self.student, p["ema_decay"], ctx.step)
+        ema_update(self.teacher1 if active == 0 else self.teacher2, self.student, p.ema_decay, ctx.step)
         return {"loss": float(loss.detach()), "sup": float(sup.detach()), "unsup": float(unsup.detach()),
                 "conflict": float(conflict.float().mean()), "confident": float(ok.float().mean()), "active": float(active), **diag}
 
     def inference_network(self) -> nn.Module:
-        return {"student": self.student, "teacher1": self.teacher1, "teacher2": self.teacher2}[self.params["inference"]]
+        return {"student": self.student, "teacher1": self.teacher1, "teacher2": self.teacher2}[self.params.inference]

@@ -7,18 +7,21 @@ owns its networks and optimisers and implements the one thing that differs betwe
 - ``image``  (B, C, Z, Y, X) float, labelled images (weak/teacher augmentation)
 - ``label``  (B, 1, Z, Y, X) long, their labels
 - ``u_image`` (Bu, C, Z, Y, X) float, unlabelled images; present only when ``needs_unlabelled``
-- ``u_image_strong`` optional second (stronger) view of the same unlabelled patches, if the method
-  asks for it with ``needs_strong_view``.
+
+Strong views of the unlabelled patches, where a method wants them, are made by the method itself
+(semiseg.data.strong_views). A method declares its parameters as a dataclass ``Params``
+(semiseg.methods.params), checked whenever the method is built; ``self.params`` is that dataclass.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
 
-from semiseg.engine import distributed
+from semiseg import distributed
+from semiseg.methods.params import NoParams, parse_params
 
 
 @dataclass
@@ -41,12 +44,14 @@ class Method(nn.Module):
 
     name: ClassVar[str] = "base"
     needs_unlabelled: ClassVar[bool] = False
-    needs_strong_view: ClassVar[bool] = False
+    Params: ClassVar[type] = NoParams  # the method's parameters: a dataclass of names, types and defaults
 
-    def __init__(self, make_net: NetFactory, num_classes: int, params: dict[str, Any], train_cfg: Any):
+    def __init__(self, make_net: NetFactory, num_classes: int, params: Mapping[str, Any], train_cfg: Any):
         super().__init__()
         self.num_classes = num_classes
-        self.params = dict(params)
+        self.params: Any = self.parse_params(params)
+        # NetworkConfig fields of the kept network where it differs from the plan's (DLUNet's light net)
+        self.inference_network_overrides: dict[str, Any] = {}
         self.cfg = train_cfg
         self.make_net = make_net
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -89,7 +94,7 @@ class Method(nn.Module):
         """Backward + clipped step of the named optimisers, through the AMP grad scaler if any.
 
         Under torchrun the gradients are averaged over processes here, before clipping, which makes
-        every method data-parallel (semiseg.engine.distributed)."""
+        every method data-parallel (semiseg.distributed)."""
         opts = [self.optimizers[n] for n in names]
         for o in opts:
             o.zero_grad(set_to_none=True)
@@ -126,8 +131,10 @@ class Method(nn.Module):
         return {name: norm(unsup) / s} if s > 0 else {}  # no supervised gradient: no share to state
 
     @classmethod
-    def check_params(cls, params: dict[str, Any]) -> None:
-        """Refuse bad parameter values before any training starts (the benchmark checks every entry at load)."""
+    def parse_params(cls, params: Mapping[str, Any]) -> Any:
+        """``method_params`` as this method's ``Params``; unknown names, wrong types and bad values are refused
+        naming the valid ones (called wherever a method is built, and by the benchmark at load)."""
+        return parse_params(cls.Params, params, cls.name)
 
     # -- the contract -------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
@@ -145,7 +152,7 @@ class Method(nn.Module):
         pass
 
     def on_epoch_end(self, ctx: StepContext) -> None:
-        """Called every ``epoch_length`` steps (default 250, nnU-Net's epoch)."""
+        """Called every ``semiseg.config.EPOCH_LENGTH`` steps (250, nnU-Net's epoch)."""
 
 
 METHODS: dict[str, type[Method]] = {}

@@ -16,16 +16,17 @@ halves of the labelled (unlabelled) batch, as in the paper's code; the box has s
 from __future__ import annotations
 
 import copy
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from semiseg.data.cutmix import box_mask, cutmix
-from semiseg.engine.ema import ema_update
 from semiseg.losses import dice_ce, masked_dice_ce
 from semiseg.methods.base import Method, StepContext, register
+from semiseg.methods.ema import ema_update
 from semiseg.networks import main_output
 
 
@@ -38,6 +39,22 @@ def largest_component_per_class(labels: torch.Tensor, num_classes: int) -> torch
     return torch.from_numpy(out).to(labels.device, labels.dtype)
 
 
+@dataclass(frozen=True)
+class BCPParams:
+    pretrain: float = 0.12
+    u_weight: float = 0.5
+    box_ratio: float = 8 / 27
+    ema_decay: float = 0.99
+    largest_component: bool = True
+    inference: Literal["student", "teacher"] = "student"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.pretrain < 1.0:
+            raise ValueError(f"bcp: pretrain must be a fraction in [0, 1), got {self.pretrain}")
+        if not 0.0 < self.box_ratio < 1.0:
+            raise ValueError(f"bcp: box_ratio must lie in (0, 1), got {self.box_ratio}")
+
+
 @register
 class BCP(Method):
     """params (defaults): pretrain 0.12 (fraction of the steps spent on labelled copy-paste; the paper's LA run:
@@ -47,18 +64,10 @@ class BCP(Method):
 
     name = "bcp"
     needs_unlabelled = True
-    defaults: dict[str, Any] = {"pretrain": 0.12, "u_weight": 0.5, "box_ratio": 8 / 27, "ema_decay": 0.99,
-                                "largest_component": True, "inference": "student"}
+    Params = BCPParams
 
     def __init__(self, make_net, num_classes, params, train_cfg):
-        super().__init__(make_net, num_classes, {**self.defaults, **params}, train_cfg)
-        p = self.params
-        if not 0.0 <= p["pretrain"] < 1.0:
-            raise ValueError(f"bcp: pretrain must be a fraction in [0, 1), got {p['pretrain']}")
-        if not 0.0 < p["box_ratio"] < 1.0:
-            raise ValueError(f"bcp: box_ratio must lie in (0, 1), got {p['box_ratio']}")
-        if p["inference"] not in ("student", "teacher"):
-            raise ValueError("bcp: inference must be 'student' or 'teacher'")
+        super().__init__(make_net, num_classes, params, train_cfg)
         self.student = make_net()
         self.teacher = copy.deepcopy(self.student)
         for q in self.teacher.parameters():
@@ -66,17 +75,17 @@ class BCP(Method):
         self.optimizers["student"] = self.sgd(self.student)
 
     def pretrain_steps(self, ctx: StepContext) -> int:
-        return int(round(self.params["pretrain"] * ctx.total_steps))
+        return int(round(self.params.pretrain * ctx.total_steps))
 
     def box(self, x: torch.Tensor) -> torch.Tensor:
-        return box_mask(x.shape[2:], self.params["box_ratio"], device=x.device)
+        return box_mask(x.shape[2:], self.params.box_ratio, device=x.device)
 
     @torch.no_grad()
     def pseudo_labels(self, u: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """The teacher's hard labels of unmixed unlabelled images (never the mixed ones)."""
         with self.autocast(ctx.device):
             labels = main_output(self.teacher(u)).argmax(1, keepdim=True)
-        return largest_component_per_class(labels, self.num_classes) if self.params["largest_component"] else labels
+        return largest_component_per_class(labels, self.num_classes) if self.params.largest_component else labels
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         image, label = batch["image"], batch["label"]
@@ -107,13 +116,13 @@ class BCP(Method):
             out = main_output(self.student(torch.cat([x_in, x_out])))
         o_in, o_out = out[:h], out[h:]
         sup = masked_dice_ce(o_in, y_in, ~box) + masked_dice_ce(o_out, y_out, box)  # where the labels show
-        unsup = self.params["u_weight"] * (masked_dice_ce(o_in, y_in, box) + masked_dice_ce(o_out, y_out, ~box))
+        unsup = self.params.u_weight * (masked_dice_ce(o_in, y_in, box) + masked_dice_ce(o_out, y_out, ~box))
         diag = self.gradient_share(sup, unsup, self.student, ctx)
         loss = sup + unsup
         self.optimize(loss, "student")
-        ema_update(self.teacher, self.student, self.params["ema_decay"], ctx.step - start)
+        ema_update(self.teacher, self.student, self.params.ema_decay, ctx.step - start)
         fg = float((torch.cat([p1, p2]) > 0).float().mean())
         return {"loss": float(loss.detach()), "sup": float(sup.detach()), "unsup": float(unsup.detach()), "pseudo_fg": fg, **diag}
 
     def inference_network(self) -> nn.Module:
-        return self.student if self.params["inference"] == "student" else self.teacher
+        return self.student if self.params.inference == "student" else self.teacher

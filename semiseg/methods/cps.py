@@ -8,17 +8,18 @@ noise-robust loss, and keeps one of them.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from semiseg.data.cutmix import box_mask, cutmix
-from semiseg.engine.rampup import sigmoid_rampup
 from semiseg.losses import dice_ce, one_hot, soft_dice
 from semiseg.methods.base import Method, StepContext, register
 from semiseg.methods.mean_teacher import Output, split_output, supervised_loss
+from semiseg.methods.rampup import sigmoid_rampup
 from semiseg.networks import main_output
 
 
@@ -87,6 +88,28 @@ class AdaptiveWeight:
         self.value, self.total, self.count = float(state["value"]), float(state["total"]), int(state["count"])
 
 
+@dataclass(frozen=True)
+class CPSParams:
+    cps_weight: float = 0.1
+    rampup: float = 1.0
+    cps_dice: bool = False
+    cps_on_labelled: bool = True
+    adaptive_weight: bool = False
+    alw_initial: float = 0.0
+    init: list[str] = field(default_factory=lambda: ["kaiming", "xavier"])
+    sup_loss: str = "dice_ce"
+    inference: Literal[1, 2] = 1
+
+
+@dataclass(frozen=True)
+class DLUNetParams(CPSParams):
+    cps_weight: float = 1.0
+    cps_on_labelled: bool = False
+    cutmix_ratio: float = 0.5
+    robust_after: float = 0.0
+    light_arch: Literal["light_unet", "light_res_unet"] = "light_unet"
+
+
 @register
 class CPS(Method):
     """Two networks, each: dice_ce on labels + lambda * ramp * cross pseudo-label CE from the other.
@@ -105,26 +128,23 @@ class CPS(Method):
 
     name = "cps"
     needs_unlabelled = True
-    defaults: dict[str, Any] = {
-        "cps_weight": 0.1, "rampup": 1.0, "cps_dice": False, "cps_on_labelled": True, "adaptive_weight": False,
-        "alw_initial": 0.0, "init": ["kaiming", "xavier"], "sup_loss": "dice_ce", "inference": 1,
-    }
+    Params = CPSParams
     net_overrides: dict[str, Any] = {}
 
     def __init__(self, make_net, num_classes, params, train_cfg):
-        super().__init__(make_net, num_classes, {**self.defaults, **params}, train_cfg)
-        init1, init2 = self.params["init"]
+        super().__init__(make_net, num_classes, params, train_cfg)
+        init1, init2 = self.params.init
         self.net1 = reinitialise(make_net(**self.net_overrides), init1)
         self.net2 = reinitialise(make_net(**self.net_overrides), init2)
         self.optimizers["net1"] = self.sgd(self.net1)
         self.optimizers["net2"] = self.sgd(self.net2)
-        self.alw = AdaptiveWeight(self.params["alw_initial"])
+        self.alw = AdaptiveWeight(self.params.alw_initial)
 
     def cps_weight(self, ctx: StepContext) -> float:
-        return self.params["cps_weight"] * sigmoid_rampup(ctx.step, self.params["rampup"] * ctx.total_steps)
+        return self.params.cps_weight * sigmoid_rampup(ctx.step, self.params.rampup * ctx.total_steps)
 
     def unlabelled_factor(self) -> float:
-        return self.alw.value if self.params["adaptive_weight"] else 1.0
+        return self.alw.value if self.params.adaptive_weight else 1.0
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         image, label, u_image = batch["image"], batch["label"], batch["u_image"]
@@ -133,11 +153,11 @@ class CPS(Method):
         with self.autocast(ctx.device):
             out1, out2 = self.net1(x), self.net2(x)
         (l1, u1), (l2, u2) = split_output(out1, n), split_output(out2, n)
-        kind = self.params["sup_loss"]
+        kind = self.params.sup_loss
         sup = supervised_loss(l1, label, kind) + supervised_loss(l2, label, kind)
-        with_dice = self.params["cps_dice"]
+        with_dice = self.params.cps_dice
         cps_u = cross_pseudo_loss(main_output(u1), main_output(u2), with_dice)
-        cps_l = cross_pseudo_loss(main_output(l1), main_output(l2), with_dice) if self.params["cps_on_labelled"] else sup.new_zeros(())
+        cps_l = cross_pseudo_loss(main_output(l1), main_output(l2), with_dice) if self.params.cps_on_labelled else sup.new_zeros(())
         return self.combine_and_step(sup, cps_l, cps_u, l1, l2, label, ctx)
 
     def combine_and_step(self, sup: torch.Tensor, cps_l: torch.Tensor, cps_u: torch.Tensor, l1: Output, l2: Output,
@@ -163,7 +183,7 @@ class CPS(Method):
             self.alw.load(state["alw"])
 
     def inference_network(self) -> nn.Module:
-        return self.net1 if int(self.params["inference"]) == 1 else self.net2
+        return self.net1 if self.params.inference == 1 else self.net2
 
 
 @register
@@ -182,20 +202,16 @@ class DLUNet(CPS):
     """
 
     name = "dlunet"
-    defaults = {**CPS.defaults, "cps_weight": 1.0, "cps_on_labelled": False, "cutmix_ratio": 0.5, "robust_after": 0.0,
-                "light_arch": "light_unet"}
-    LIGHT_ARCHS = ("light_unet", "light_res_unet")
+    Params = DLUNetParams
 
     def __init__(self, make_net, num_classes, params, train_cfg):
-        light = {**self.defaults, **params}["light_arch"]
-        if light not in self.LIGHT_ARCHS:
-            raise ValueError(f"dlunet: light_arch must be one of {', '.join(self.LIGHT_ARCHS)}, got '{light}'")
+        light = self.parse_params(params).light_arch
         self.net_overrides = {"arch": light}  # read by CPS.__init__ to build both nets
         super().__init__(make_net, num_classes, params, train_cfg)
         self.inference_network_overrides = {"arch": light}  # NetworkConfig fields of the kept network
 
     def seg_loss(self, out: Output, label: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        if ctx.progress < self.params["robust_after"]:
+        if ctx.progress < self.params.robust_after:
             return dice_ce(out, label)
         from semiseg.losses.robust import robust_loss
 
@@ -207,7 +223,7 @@ class DLUNet(CPS):
         with torch.no_grad(), self.autocast(ctx.device):
             y1 = main_output(self.net1(u_image)).argmax(1, keepdim=True)
             y2 = main_output(self.net2(u_image)).argmax(1, keepdim=True)
-        mask = box_mask(u_image.shape[2:], self.params["cutmix_ratio"], device=u_image.device)
+        mask = box_mask(u_image.shape[2:], self.params.cutmix_ratio, device=u_image.device)
         partner = torch.roll(torch.arange(u_image.shape[0], device=u_image.device), -1)
         x_mix = cutmix(u_image, u_image[partner], mask)
         y1_mix, y2_mix = cutmix(y1, y1[partner], mask), cutmix(y2, y2[partner], mask)
@@ -217,5 +233,5 @@ class DLUNet(CPS):
         (l1, u1), (l2, u2) = split_output(out1, n), split_output(out2, n)
         sup = self.seg_loss(l1, label, ctx) + self.seg_loss(l2, label, ctx)
         cps_u = self.seg_loss(u1, y2_mix, ctx) + self.seg_loss(u2, y1_mix, ctx)
-        cps_l = cross_pseudo_loss(main_output(l1), main_output(l2), self.params["cps_dice"]) if self.params["cps_on_labelled"] else sup.new_zeros(())
+        cps_l = cross_pseudo_loss(main_output(l1), main_output(l2), self.params.cps_dice) if self.params.cps_on_labelled else sup.new_zeros(())
         return self.combine_and_step(sup, cps_l, cps_u, l1, l2, label, ctx)

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 import torch
 from torch import nn
 
-from semiseg.engine.ema import ema_update
-from semiseg.engine.rampup import sigmoid_rampup
 from semiseg.losses import dice_ce
 from semiseg.methods.base import Method, StepContext, register
+from semiseg.methods.ema import ema_update
+from semiseg.methods.rampup import sigmoid_rampup
 from semiseg.networks import main_output
 
 Output = torch.Tensor | list[torch.Tensor]
@@ -100,6 +101,26 @@ def masked_consistency(dist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 # -- the methods --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MeanTeacherParams:
+    ema_decay: float = 0.99
+    consistency: float = 0.1
+    consistency_type: str = "mse"
+    rampup: float = 1.0
+    noise_std: float = 0.1
+    dropout: float = 0.0
+    dropout_at: str = "auto"
+    sup_loss: str = "dice_ce"
+    inference: Literal["student", "teacher"] = "student"
+
+
+@dataclass(frozen=True)
+class UAMTParams(MeanTeacherParams):
+    dropout: float = 0.5
+    passes: int = 8
+    threshold_rampup: float = 1.0
+
+
 @register
 class MeanTeacher(Method):
     """Student trained on labels + a ramped consistency to an EMA teacher; the teacher gets no gradient.
@@ -115,31 +136,26 @@ class MeanTeacher(Method):
 
     name = "mean-teacher"
     needs_unlabelled = True
-    defaults: dict[str, Any] = {
-        "ema_decay": 0.99, "consistency": 0.1, "consistency_type": "mse", "rampup": 1.0, "noise_std": 0.1,
-        "dropout": 0.0, "dropout_at": "auto", "sup_loss": "dice_ce", "inference": "student",
-    }
+    Params = MeanTeacherParams
 
     def __init__(self, make_net, num_classes, params, train_cfg):
-        super().__init__(make_net, num_classes, {**self.defaults, **params}, train_cfg)
+        super().__init__(make_net, num_classes, params, train_cfg)
         p = self.params
-        if p["inference"] not in ("student", "teacher"):
-            raise ValueError("inference must be 'student' or 'teacher'")
-        self.student = make_net(dropout=p["dropout"], dropout_at=p["dropout_at"])
+        self.student = make_net(dropout=p.dropout, dropout_at=p.dropout_at)
         self.teacher = copy.deepcopy(self.student)
         for q in self.teacher.parameters():
             q.requires_grad_(False)
         self.optimizers["student"] = self.sgd(self.student)
 
     def consistency_weight(self, ctx: StepContext) -> float:
-        return self.params["consistency"] * sigmoid_rampup(ctx.step, self.params["rampup"] * ctx.total_steps)
+        return self.params.consistency * sigmoid_rampup(ctx.step, self.params.rampup * ctx.total_steps)
 
     def consistency_loss(self, x: torch.Tensor, student_logits: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean consistency to one noisy teacher pass; UA-MT overrides this with its masked version."""
         with torch.no_grad(), self.autocast(ctx.device):
-            teacher_logits = main_output(self.teacher(input_noise(x, self.params["noise_std"])))
-        dist = consistency_map(student_logits, teacher_logits, self.params["consistency_type"])
-        return dist.sum(1).mean() if self.params["consistency_type"] == "kl" else dist.mean(), {}
+            teacher_logits = main_output(self.teacher(input_noise(x, self.params.noise_std)))
+        dist = consistency_map(student_logits, teacher_logits, self.params.consistency_type)
+        return dist.sum(1).mean() if self.params.consistency_type == "kl" else dist.mean(), {}
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         image, label, u_image = batch["image"], batch["label"], batch["u_image"]
@@ -147,17 +163,17 @@ class MeanTeacher(Method):
         with self.autocast(ctx.device):
             out = self.student(x)
         out_l, _ = split_output(out, image.shape[0])
-        sup = supervised_loss(out_l, label, self.params["sup_loss"])
+        sup = supervised_loss(out_l, label, self.params.sup_loss)
         cons, info = self.consistency_loss(x, main_output(out), ctx)
         w = self.consistency_weight(ctx)
         loss = sup + w * cons
         diag = self.gradient_share(sup, w * cons, self.student, ctx)
         self.optimize(loss, "student")
-        ema_update(self.teacher, self.student, self.params["ema_decay"], ctx.step)
+        ema_update(self.teacher, self.student, self.params.ema_decay, ctx.step)
         return {"loss": float(loss.detach()), "sup": float(sup.detach()), "cons": float(cons.detach()), "cons_w": w, **info, **diag}
 
     def inference_network(self) -> nn.Module:
-        return self.student if self.params["inference"] == "student" else self.teacher
+        return self.student if self.params.inference == "student" else self.teacher
 
 
 @register
@@ -170,14 +186,14 @@ class UAMT(MeanTeacher):
     """
 
     name = "ua-mt"
-    defaults = {**MeanTeacher.defaults, "dropout": 0.5, "passes": 8, "threshold_rampup": 1.0}
+    Params = UAMTParams
 
     def consistency_loss(self, x: torch.Tensor, student_logits: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         p = self.params
         with torch.no_grad(), self.autocast(ctx.device):
-            teacher_logits = main_output(self.teacher(input_noise(x, p["noise_std"])))
-            entropy, _ = mc_entropy(self.teacher, x, p["passes"], p["noise_std"])
-        threshold = ua_threshold(ctx.step, p["threshold_rampup"] * ctx.total_steps, self.num_classes)
+            teacher_logits = main_output(self.teacher(input_noise(x, p.noise_std)))
+            entropy, _ = mc_entropy(self.teacher, x, p.passes, p.noise_std)
+        threshold = ua_threshold(ctx.step, p.threshold_rampup * ctx.total_steps, self.num_classes)
         mask = entropy < threshold
-        dist = consistency_map(student_logits, teacher_logits, p["consistency_type"])
+        dist = consistency_map(student_logits, teacher_logits, p.consistency_type)
         return masked_consistency(dist, mask), {"certain": float(mask.float().mean()), "threshold": threshold}

@@ -15,7 +15,8 @@ not move. No model is copied per step.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,19 @@ def mpl_teacher_loss(teacher_u_logits: torch.Tensor, h: float, kind: str = "ce")
     raise ValueError(f"unknown mpl_loss '{kind}' (choose ce, dice_ce)")
 
 
+@dataclass(frozen=True)
+class MPLParams:
+    pseudo: Literal["hard", "soft"] = "hard"
+    temperature: float = 1.0
+    sup_weight: float = 1.0
+    mpl_weight: float = 1.0
+    mpl_loss: str = "ce"
+    feedback_sign: int = 1
+    warmup_steps: int = 0
+    finetune_steps: int = 0
+    student_sup_weight: float = 0.0
+
+
 @register
 class MetaPseudoLabels(Method):
     """Teacher + student U-Nets; the student is kept.
@@ -70,15 +84,10 @@ class MetaPseudoLabels(Method):
 
     name = "mpl"
     needs_unlabelled = True
-    defaults: dict[str, Any] = {
-        "pseudo": "hard", "temperature": 1.0, "sup_weight": 1.0, "mpl_weight": 1.0, "mpl_loss": "ce",
-        "feedback_sign": 1, "warmup_steps": 0, "finetune_steps": 0, "student_sup_weight": 0.0,
-    }
+    Params = MPLParams
 
     def __init__(self, make_net, num_classes, params, train_cfg):
-        super().__init__(make_net, num_classes, {**self.defaults, **params}, train_cfg)
-        if self.params["pseudo"] not in ("hard", "soft"):
-            raise ValueError("pseudo must be 'hard' or 'soft'")
+        super().__init__(make_net, num_classes, params, train_cfg)
         self.teacher = make_net()
         self.student = make_net()
         self.optimizers["teacher"] = self.sgd(self.teacher)
@@ -91,12 +100,12 @@ class MetaPseudoLabels(Method):
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         image, label = batch["image"], batch["label"]
         p = self.params
-        if ctx.step >= ctx.total_steps - p["finetune_steps"]:
+        if ctx.step >= ctx.total_steps - p.finetune_steps:
             with self.autocast(ctx.device):
                 loss = dice_ce(self.student(image), label)
             self.optimize(loss, "student")
             return {"loss": float(loss.detach()), "student_sup": float(loss.detach())}
-        if ctx.step < p["warmup_steps"]:
+        if ctx.step < p.warmup_steps:
             with self.autocast(ctx.device):
                 t_sup = dice_ce(self.teacher(image), label)
             self.optimize(t_sup, "teacher")
@@ -112,26 +121,26 @@ class MetaPseudoLabels(Method):
         old = self._student_labelled_loss(image, label, ctx)
         with self.autocast(ctx.device):
             s_u = self.student(u_image)
-        if p["pseudo"] == "hard":
+        if p.pseudo == "hard":
             s_loss = dice_ce(s_u, t_u_logits.detach().argmax(1, keepdim=True))
         else:
-            target = torch.softmax(t_u_logits.detach().float() / p["temperature"], 1)
+            target = torch.softmax(t_u_logits.detach().float() / p.temperature, 1)
             s_loss = soft_dice_ce(main_output(s_u), target)
         self.optimize(s_loss, "student")
         new = self._student_labelled_loss(image, label, ctx)
-        h = p["feedback_sign"] * (old - new)
+        h = p.feedback_sign * (old - new)
         # 3. teacher: supervised + student feedback
         t_sup = dice_ce(t_l, label)
-        t_mpl = mpl_teacher_loss(t_u_logits, h, p["mpl_loss"])
-        t_loss = p["sup_weight"] * t_sup + p["mpl_weight"] * t_mpl
-        diag = self.gradient_share(p["sup_weight"] * t_sup, p["mpl_weight"] * t_mpl, self.teacher, ctx)  # feedback vs labels
+        t_mpl = mpl_teacher_loss(t_u_logits, h, p.mpl_loss)
+        t_loss = p.sup_weight * t_sup + p.mpl_weight * t_mpl
+        diag = self.gradient_share(p.sup_weight * t_sup, p.mpl_weight * t_mpl, self.teacher, ctx)  # feedback vs labels
         self.optimize(t_loss, "teacher")
         out = {"loss": float(s_loss.detach()), "teacher_loss": float(t_loss.detach()), "teacher_sup": float(t_sup.detach()),
                "h": h, "student_old": old, "student_new": new, **diag}
-        if p["student_sup_weight"] > 0:  # 4. optional labelled step of the student, after the feedback was measured
+        if p.student_sup_weight > 0:  # 4. optional labelled step of the student, after the feedback was measured
             with self.autocast(ctx.device):
                 s_sup = dice_ce(self.student(image), label)
-            self.optimize(p["student_sup_weight"] * s_sup, "student")
+            self.optimize(p.student_sup_weight * s_sup, "student")
             out["student_sup"] = float(s_sup.detach())
         return out
 

@@ -12,6 +12,17 @@ from semiseg.losses import dice_ce
 from semiseg.methods.base import Method, StepContext, register
 
 
+@dataclasses.dataclass(frozen=True)
+class SupervisedParams:
+    network: dict[str, Any] = dataclasses.field(default_factory=dict)  # NetworkConfig fields replacing the plan's
+
+    def __post_init__(self) -> None:
+        known = {f.name for f in dataclasses.fields(NetworkConfig)}
+        if set(self.network) - known:
+            raise ValueError(f"supervised: params.network must map NetworkConfig fields ({', '.join(sorted(known))}); "
+                             f"got {sorted(set(self.network) - known)}")
+
+
 @register
 class Supervised(Method):
     """Dice + CE on labelled (and pseudo-labelled) patches.
@@ -21,23 +32,14 @@ class Supervised(Method):
     so that "method - baseline" measures the unlabelled data, not the architecture."""
 
     name = "supervised"
-    defaults: dict[str, Any] = {"network": {}}
+    Params = SupervisedParams
 
     def __init__(self, make_net, num_classes, params, train_cfg):
-        super().__init__(make_net, num_classes, {**self.defaults, **params}, train_cfg)
-        self.check_params(self.params)
-        network = dict(self.params["network"])
+        super().__init__(make_net, num_classes, params, train_cfg)
+        network = dict(self.params.network)
         self.net = make_net(**network)
         self.optimizers["net"] = self.sgd(self.net)
         self.inference_network_overrides = dict(network)  # the kept network's NetworkConfig fields
-
-    @classmethod
-    def check_params(cls, params: dict[str, Any]) -> None:
-        network = params.get("network", {})
-        known = {f.name for f in dataclasses.fields(NetworkConfig)}
-        if not isinstance(network, dict) or set(network) - known:
-            bad = sorted(set(network) - known) if isinstance(network, dict) else network
-            raise ValueError(f"supervised: params.network must map NetworkConfig fields ({', '.join(sorted(known))}); got {bad}")
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         with self.autocast(ctx.device):

@@ -13,7 +13,7 @@ the confident voxels (its medical-image variant uses Dice over them), the unlabe
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -34,6 +34,20 @@ def weak_pseudo_labels(logits: torch.Tensor, threshold: float) -> tuple[torch.Te
     return labels, conf >= threshold
 
 
+@dataclass(frozen=True)
+class UniMatchParams:
+    threshold: float = 0.95
+    cutmix_ratio: float = 0.5
+    fp_dropout: float = 0.5
+    u_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"unimatch: threshold must lie in [0, 1], got {self.threshold}")
+        if not 0.0 <= self.fp_dropout < 1.0:
+            raise ValueError(f"unimatch: fp_dropout must lie in [0, 1), got {self.fp_dropout}")
+
+
 @register
 class UniMatch(Method):
     """params (defaults): threshold 0.95 (UniMatch), cutmix_ratio 0.5 (box volume fraction), fp_dropout 0.5
@@ -41,15 +55,10 @@ class UniMatch(Method):
 
     name = "unimatch"
     needs_unlabelled = True
-    defaults: dict[str, Any] = {"threshold": 0.95, "cutmix_ratio": 0.5, "fp_dropout": 0.5, "u_weight": 1.0}
+    Params = UniMatchParams
 
     def __init__(self, make_net, num_classes, params, train_cfg):
-        super().__init__(make_net, num_classes, {**self.defaults, **params}, train_cfg)
-        p = self.params
-        if not 0.0 <= p["threshold"] <= 1.0:
-            raise ValueError(f"unimatch: threshold must lie in [0, 1], got {p['threshold']}")
-        if not 0.0 <= p["fp_dropout"] < 1.0:
-            raise ValueError(f"unimatch: fp_dropout must lie in [0, 1), got {p['fp_dropout']}")
+        super().__init__(make_net, num_classes, params, train_cfg)
         self.net = make_net()
         self.optimizers["net"] = self.sgd(self.net)
 
@@ -60,17 +69,17 @@ class UniMatch(Method):
         with self.autocast(ctx.device):
             out = main_output(self.net(torch.cat([image, u])))
         out_l, out_w = out[:n], out[n:]
-        y, ok = weak_pseudo_labels(out_w, p["threshold"])  # the weak view alone; no gradient through them
-        s1, (y1, ok1) = strong_views.mixed_strong_view(u, (y, ok), p["cutmix_ratio"])
-        s2, (y2, ok2) = strong_views.mixed_strong_view(u, (y, ok), p["cutmix_ratio"])
+        y, ok = weak_pseudo_labels(out_w, p.threshold)  # the weak view alone; no gradient through them
+        s1, (y1, ok1) = strong_views.mixed_strong_view(u, (y, ok), p.cutmix_ratio)
+        s2, (y2, ok2) = strong_views.mixed_strong_view(u, (y, ok), p.cutmix_ratio)
         with self.autocast(ctx.device):
             out_s = main_output(self.net(torch.cat([s1, s2])))
-            with feature_dropout(bottleneck_of(self.net), p["fp_dropout"]):
+            with feature_dropout(bottleneck_of(self.net), p.fp_dropout):
                 out_fp = main_output(self.net(u))
         sup = dice_ce(out_l, label)
         terms = {"s1": masked_dice_ce(out_s[:nu], y1, ok1), "s2": masked_dice_ce(out_s[nu:], y2, ok2),
                  "fp": masked_dice_ce(out_fp, y, ok)}
-        unsup = p["u_weight"] * sum(WEIGHTS[k] * v for k, v in terms.items())
+        unsup = p.u_weight * sum(WEIGHTS[k] * v for k, v in terms.items())
         diag = self.gradient_share(sup, unsup, self.net, ctx)
         loss = sup + unsup
         self.optimize(loss, "net")

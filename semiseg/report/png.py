@@ -1,11 +1,12 @@
-"""Writing a matplotlib figure as a PNG the way every report file is written: a unique temporary name in the
-target folder, then a rename, so a reader never sees half a picture and two writers never share a temp file."""
+"""Writing a matplotlib figure as a PNG the way every report file is written: through semiseg.atomic's
+``replacing`` (a unique temporary name in the target folder, then a rename), so a reader never sees half a
+picture and two writers never share a temp file."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from semiseg.atomic import replacing
 
 
 def save_png(fig: Any, path: str | Path, dpi: int = 90) -> Path:
@@ -13,15 +14,9 @@ def save_png(fig: Any, path: str | Path, dpi: int = 90) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be read
-        os.replace(tmp, path)
+        with replacing(path, ".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         plt.close(fig)
     return path

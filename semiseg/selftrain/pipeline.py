@@ -46,10 +46,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from semiseg.atomic import is_temporary, link_or_copy
 from semiseg.config import Plan, TrainConfig, apply_overrides
+from semiseg.data.cache import Cache
 from semiseg.data.cases import shard_of
 from semiseg.data.io import atomic_save_npy, atomic_write_json, read_array
-from semiseg.data.preprocess import class_locations, load_cached, preprocess_array
+from semiseg.data.preprocess import class_locations, preprocess_array
 from semiseg.engine.trainer import DataSpec, train
 from semiseg.inference.predictor import Predictor, PredictorConfig
 from semiseg.run import Run
@@ -171,26 +173,6 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard link (no extra disk), or copy across file systems; an existing target is kept."""
-    if dst.exists():
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def _link_cached_case(src: Path, dst: Path, case: str, with_label: bool) -> None:
-    """A cache entry in another cache folder; the JSON goes last because it marks the case complete."""
-    names = [f"{case}.npy"] + ([f"{case}_seg.npy"] if with_label else []) + [f"{case}.json"]
-    for n in names:
-        link_or_copy(src / n, dst / n)
-
-
 def scaled_width(plan: Plan, width: float) -> Plan:
     """The plan with every stage's feature count scaled (0.5 = the half-width student)."""
     if width == 1.0:
@@ -234,9 +216,9 @@ def training_spec(run: Run, labelled: list[str], pseudo_dir: Path | None, pseudo
     if ratio > 0:
         return DataSpec(run.cache, list(labelled), pseudo_cache=pseudo_dir, pseudo=list(pseudo), pseudo_per_labelled=ratio)
     for c in labelled:
-        _link_cached_case(run.cache, pool_dir, c, with_label=True)
+        Cache(pool_dir).link_case(Cache(run.cache), c, labelled=True)
     for c in pseudo:
-        _link_cached_case(pseudo_dir, pool_dir, c, with_label=True)
+        Cache(pool_dir).link_case(Cache(pseudo_dir), c, labelled=True)
     return DataSpec(pool_dir, sorted(labelled) + sorted(pseudo))
 
 
@@ -347,38 +329,37 @@ def pseudo_label_case(predictor: Predictor, cache: Path, case: str, out: Path, s
         if save_model_masks:
             atomic_save_npy(out / "model_masks" / f"{case}_model{i}.npy", mask.astype(np.uint8))
 
-    data, _ = load_cached(cache, case, with_label=False, mmap=False)
-    mean = predictor.predict_preprocessed(data, each_model=each_model)
+    src, dst = Cache(cache), Cache(out)
+    mean = predictor.predict_preprocessed(src.load_data(case), each_model=each_model)  # checked against its record
     seg = mean.argmax(0).to(torch.int16).cpu().numpy()
     matrix = acc.matrix()
-    props = json.loads((cache / f"{case}.json").read_text())
+    props = src.props(case)
+    if props is None:
+        raise FileNotFoundError(f"{src.props_path(case)}: case '{case}' is not in the preprocessing cache")
     props.update(labelled=True, pseudo=True, class_locations=class_locations(seg, sorted(predictor.plan.labels.values())),
                  pairwise_dice=matrix.tolist(), num_models=len(predictor.networks))
-    props.setdefault("arrays", {})["seg"] = {"shape": list(seg.shape), "dtype": str(seg.dtype)}
-    link_or_copy(cache / f"{case}.npy", out / f"{case}.npy")
-    atomic_save_npy(out / f"{case}_seg.npy", seg)
-    atomic_write_json(out / f"{case}.json", props)  # last: marks the case complete
+    dst.write_case(case, src.data_path(case), seg, props)  # data linked; the properties last mark the case complete
     return matrix
 
 
 def _remove_partial_case(out: Path, case: str) -> None:
     """Temporary files a killed writer of ``case`` left behind (atomic writes never leave a half-written
-    target, only these). Safe only because one shard alone writes a given case."""
-    stem = glob.escape(f".{case}")
+    target, only these): its cache entry's and its model masks'. Safe only because one shard alone writes a
+    given case."""
+    Cache(out).remove_partial(case)
     masks = out / "model_masks"
-    for p in (*out.glob(f"{stem}.json.*"), *out.glob(f"{stem}_seg.npy.*"), *out.glob(f"{stem}.npy.tmp*"),
-              *masks.glob(f"{stem}_model[0-9]*.npy.*")):
-        p.unlink(missing_ok=True)
+    for p in masks.glob(f".{glob.escape(case)}_model[0-9]*.npy.*"):
+        if is_temporary(p):
+            p.unlink(missing_ok=True)
 
 
 def _is_finished(out: Path, case: str) -> bool:
-    return all((out / f"{case}{end}").is_file() for end in (".json", "_seg.npy", ".npy"))
+    return Cache(out).has_all_files(case, labelled=True)
 
 
 def _finished_matrix(out: Path, case: str) -> np.ndarray | None:
-    if not _is_finished(out, case):
-        return None
-    return np.asarray(json.loads((out / f"{case}.json").read_text())["pairwise_dice"], dtype=np.float64)
+    props = Cache(out).props(case) if _is_finished(out, case) else None
+    return None if props is None else np.asarray(props["pairwise_dice"], dtype=np.float64)
 
 
 def pseudo_label(run: Run, models: Sequence[Path], cases: Sequence[str], out: Path, cfg: SelfTrainConfig,
@@ -443,7 +424,7 @@ def write_selection(folder: Path, matrices: dict[str, np.ndarray], class_names: 
 def _truth_in_cache_space(run: Run, plan: Plan, case: str, truth_dir: Path) -> np.ndarray:
     """EVALUATION ONLY: the hidden label of an unlabelled case, preprocessed onto its cache grid.
     Kept in ``truth_dir``, a folder no training or selection step reads."""
-    path = truth_dir / f"{case}_seg.npy"
+    path = Cache(truth_dir).seg_path(case)  # a folder of label files only: no case there is ever complete
     if path.is_file():
         return np.load(path)
     ds = run.dataset()
@@ -467,7 +448,7 @@ def evaluate_pseudo_labels(run: Run, pseudo_dir: Path, scores: dict[str, float],
     class_ids, _ = foreground_classes(plan)
     dice: dict[str, float] = {}
     for c in tqdm(cases, desc="pseudo-label quality (evaluation only)", unit="case", disable=not progress):
-        pseudo = np.load(pseudo_dir / f"{c}_seg.npy")
+        pseudo = Cache(pseudo_dir).load_seg(c)
         truth = _truth_in_cache_space(run, plan, c, truth_dir)
         if truth.shape != pseudo.shape:
             raise ValueError(f"{c}: hidden label preprocesses to {truth.shape}, pseudo-label has {pseudo.shape}")

@@ -13,18 +13,16 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from semiseg.atomic import atomic_write_text, replacing
 from semiseg.benchmark.config import LOWER, UPPER
 from semiseg.benchmark.paired import format_diff, format_p
 from semiseg.benchmark.results import cpu_model_text, load_results
 from semiseg.benchmark.thumbnails import best_and_worst, case_files
-from semiseg.data.io import atomic_write_text
 
 _COLOURS = {LOWER: "#7f7f7f", UPPER: "#2f2f2f"}
 _CYCLE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
@@ -48,17 +46,10 @@ def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1) -> tuple[Any, An
 
 
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a figure atomically (semiseg.atomic.replacing), leaving pyplot's state alone."""
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path, ".png") as tmp:
         fig.savefig(tmp, format="png", dpi=90)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be read
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
