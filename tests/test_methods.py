@@ -273,6 +273,39 @@ def test_mpl_warmup_steps_train_teacher_only_on_labels():
     assert "h" in r and changed(s0, m.student)
 
 
+def test_mpl_student_gets_labelled_gradient_at_every_step():
+    """With student_sup_weight the kept network learns from labels in warm-up, feedback and fine-tune phases alike."""
+    m = build("mpl", {"warmup_steps": 10, "finetune_steps": 10, "student_sup_weight": 1.0})
+    batch = make_batch()
+    for step in (3, 50, 95):  # warm-up, feedback, fine-tune
+        s0 = snapshot(m.student)
+        r = m.training_step(batch, StepContext(step, 100, torch.device("cpu")))
+        assert r["student_sup"] > 0 and changed(s0, m.student), step
+
+
+def test_mpl_finetune_restarts_the_student_lr():
+    m = build("mpl", {"finetune_steps": 20})
+    base = 0.01
+    assert m.learning_rate("student", base, 80, 100) == pytest.approx(base)  # the fine-tune's first step: full LR again
+    assert m.learning_rate("student", base, 90, 100) == pytest.approx(base * 0.5**0.9)
+    assert m.learning_rate("teacher", base, 80, 100) == pytest.approx(base * 0.2**0.9)  # the teacher keeps the run's poly
+    assert m.learning_rate("student", base, 50, 100) == pytest.approx(base * 0.5**0.9)
+    plain = build("mpl", {"finetune_steps": 20, "finetune_lr_restart": False})
+    assert plain.learning_rate("student", base, 80, 100) == pytest.approx(base * 0.2**0.9)
+
+
+def test_mpl_h_baseline_subtracts_the_moving_average_and_resumes():
+    m = build("mpl", {"h_baseline_decay": 0.5})
+    r = m.training_step(make_batch(), CTX)
+    assert r["h"] == pytest.approx(r["h_raw"] - 0.5 * r["h_raw"])  # baseline after one step: 0.5 h
+    assert m.extra_state()["h_baseline"] == pytest.approx(0.5 * r["h_raw"])
+    other = build("mpl", {"h_baseline_decay": 0.5})
+    other.load_extra_state(m.extra_state())
+    assert other.h_baseline == m.h_baseline
+    with pytest.raises(ValueError, match="h_baseline_decay"):
+        build("mpl", {"h_baseline_decay": 1.0})
+
+
 class SignNet(nn.Module):
     """Two-class 'network' whose argmax is 1 exactly where the input is positive."""
 

@@ -30,10 +30,6 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def poly_lr(base: float, step: int, total: int, exponent: float = 0.9) -> float:
-    return base * (1 - step / max(1, total)) ** exponent
-
-
 @dataclass
 class DataSpec:
     """Where the batches come from: cache folders and case lists for each stream."""
@@ -143,9 +139,9 @@ def _train(plan: Plan, cfg: TrainConfig, spec: DataSpec, out: Path, info: distri
     t0 = time.time()
     step = start
     for step, batch in zip(range(start, end), loader):
-        for o in method.optimizers.values():
+        for name, o in method.optimizers.items():
             for g in o.param_groups:
-                g["lr"] = poly_lr(g.get("initial_lr", cfg.lr), step, cfg.iterations, cfg.poly_exponent)
+                g["lr"] = method.learning_rate(name, g.get("initial_lr", cfg.lr), step, cfg.iterations)
         torch.manual_seed(distributed.rank_seed(cfg.seed, info) * 1_000_003 + step)  # dropout / noise: (seed, rank, step)
         batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
         ctx = StepContext(step, cfg.iterations, dev)

@@ -22,6 +22,7 @@ from torch import nn
 
 from semiseg import distributed
 from semiseg.methods.params import NoParams, parse_params
+from semiseg.methods.rampup import poly_lr
 
 
 @dataclass
@@ -143,6 +144,11 @@ class Method(nn.Module):
     def inference_network(self) -> nn.Module:
         """The single network kept for prediction."""
         raise NotImplementedError
+
+    def learning_rate(self, optimizer: str, base: float, step: int, total: int) -> float:
+        """The LR of one optimiser at ``step``: poly over the whole run; a method with phases of its own (MPL's
+        fine-tune) restarts it there."""
+        return poly_lr(base, step, total, self.cfg.poly_exponent)
 
     def extra_state(self) -> dict[str, Any]:
         """Non-tensor state that a checkpoint must carry (e.g. running averages)."""

@@ -16,7 +16,7 @@ not move. No model is copied per step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +59,15 @@ class MPLParams:
     feedback_sign: int = 1
     warmup_steps: int = 0
     finetune_steps: int = 0
+    finetune_lr_restart: bool = True
     student_sup_weight: float = 0.0
+    h_baseline_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0 or self.finetune_steps < 0:
+            raise ValueError(f"mpl: warmup_steps and finetune_steps must be >= 0, got {self.warmup_steps}, {self.finetune_steps}")
+        if not 0.0 <= self.h_baseline_decay < 1.0:
+            raise ValueError(f"mpl: h_baseline_decay must be in [0, 1), got {self.h_baseline_decay}")
 
 
 @register
@@ -74,11 +82,15 @@ class MetaPseudoLabels(Method):
       data: the FLARE22 paper first trains the teacher on the labelled cases, so the student does not
       start from an untrained teacher's all-background argmax); finetune_steps 0 (the last N steps
       train the student on labelled data only, Pham et al.'s final fine-tuning; 0 leaves it to a
-      separate supervised run); student_sup_weight 0.0 (> 0: after each feedback step the student also
-      takes a step on the labelled batch with this weight, as the FLARE22 paper's text has the student
-      use "the pseudo labels and labeled images"; the step comes after h is measured, so the feedback
-      still scores the pseudo-labels alone. 0 is Alg. 1: a weak teacher's near-background argmax can
-      then collapse the student, as on CHAOS-SSL CPU).
+      separate supervised run); finetune_lr_restart True (the fine-tune gets its own poly LR from the base
+      LR, instead of the whole run's tail, where the LR is ~0); student_sup_weight 0.0 (> 0: the student
+      trains on labelled batches with this weight at every step, warm-up included, as the FLARE22 paper's
+      text has it use "the pseudo labels and labeled images"; after a feedback step the labelled step
+      comes after h is measured, so the feedback still scores the pseudo-labels alone. 0 is Alg. 1: a weak
+      teacher's near-background argmax can then collapse the student, as on CHAOS-SSL CPU);
+      h_baseline_decay 0.0 (> 0: the feedback uses h minus a moving average of h with this decay, the
+      reference implementation's ``moving_dot_product``, so the teacher is rewarded for pseudo-labels
+      better than usual rather than for the student's ordinary progress).
     The UDA term of Pham et al.'s teacher is omitted.
     """
 
@@ -92,6 +104,29 @@ class MetaPseudoLabels(Method):
         self.student = make_net()
         self.optimizers["teacher"] = self.sgd(self.teacher)
         self.optimizers["student"] = self.sgd(self.student)
+        self.h_baseline = 0.0
+
+    def in_finetune(self, step: int, total: int) -> bool:
+        return step >= total - self.params.finetune_steps
+
+    def learning_rate(self, optimizer: str, base: float, step: int, total: int) -> float:
+        p = self.params
+        if optimizer == "student" and p.finetune_lr_restart and p.finetune_steps and self.in_finetune(step, total):
+            start = total - p.finetune_steps
+            return super().learning_rate(optimizer, base, step - start, p.finetune_steps)
+        return super().learning_rate(optimizer, base, step, total)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"h_baseline": self.h_baseline}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.h_baseline = float(state.get("h_baseline", 0.0))
+
+    def _student_labelled_step(self, image: torch.Tensor, label: torch.Tensor, ctx: StepContext) -> float:
+        with self.autocast(ctx.device):
+            s_sup = dice_ce(self.student(image), label)
+        self.optimize(self.params.student_sup_weight * s_sup, "student")
+        return float(s_sup.detach())
 
     def _student_labelled_loss(self, image: torch.Tensor, label: torch.Tensor, ctx: StepContext) -> float:
         with torch.no_grad(), self.autocast(ctx.device):
@@ -100,7 +135,7 @@ class MetaPseudoLabels(Method):
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         image, label = batch["image"], batch["label"]
         p = self.params
-        if ctx.step >= ctx.total_steps - p.finetune_steps:
+        if self.in_finetune(ctx.step, ctx.total_steps):
             with self.autocast(ctx.device):
                 loss = dice_ce(self.student(image), label)
             self.optimize(loss, "student")
@@ -109,7 +144,10 @@ class MetaPseudoLabels(Method):
             with self.autocast(ctx.device):
                 t_sup = dice_ce(self.teacher(image), label)
             self.optimize(t_sup, "teacher")
-            return {"teacher_loss": float(t_sup.detach()), "teacher_sup": float(t_sup.detach())}
+            out = {"teacher_loss": float(t_sup.detach()), "teacher_sup": float(t_sup.detach())}
+            if p.student_sup_weight > 0:  # the kept network learns from labels while the teacher warms up
+                out["student_sup"] = self._student_labelled_step(image, label, ctx)
+            return out
         u_image = batch["u_image"]
         n = image.shape[0]
         # 1. teacher on labelled + unlabelled; its pseudo-labels carry no gradient to the student
@@ -128,7 +166,10 @@ class MetaPseudoLabels(Method):
             s_loss = soft_dice_ce(main_output(s_u), target)
         self.optimize(s_loss, "student")
         new = self._student_labelled_loss(image, label, ctx)
-        h = p.feedback_sign * (old - new)
+        h_raw = p.feedback_sign * (old - new)
+        if p.h_baseline_decay > 0:
+            self.h_baseline = p.h_baseline_decay * self.h_baseline + (1 - p.h_baseline_decay) * h_raw
+        h = h_raw - self.h_baseline if p.h_baseline_decay > 0 else h_raw
         # 3. teacher: supervised + student feedback
         t_sup = dice_ce(t_l, label)
         t_mpl = mpl_teacher_loss(t_u_logits, h, p.mpl_loss)
@@ -136,12 +177,9 @@ class MetaPseudoLabels(Method):
         diag = self.gradient_share(p.sup_weight * t_sup, p.mpl_weight * t_mpl, self.teacher, ctx)  # feedback vs labels
         self.optimize(t_loss, "teacher")
         out = {"loss": float(s_loss.detach()), "teacher_loss": float(t_loss.detach()), "teacher_sup": float(t_sup.detach()),
-               "h": h, "student_old": old, "student_new": new, **diag}
-        if p.student_sup_weight > 0:  # 4. optional labelled step of the student, after the feedback was measured
-            with self.autocast(ctx.device):
-                s_sup = dice_ce(self.student(image), label)
-            self.optimize(p.student_sup_weight * s_sup, "student")
-            out["student_sup"] = float(s_sup.detach())
+               "h": h, "h_raw": h_raw, "student_old": old, "student_new": new, **diag}
+        if p.student_sup_weight > 0:  # 4. the student's labelled step, after the feedback was measured
+            out["student_sup"] = self._student_labelled_step(image, label, ctx)
         return out
 
     def inference_network(self) -> nn.Module:

@@ -1,4 +1,5 @@
-"""Weight schedules of consistency methods (Laine & Aila 2017; SSL4MIS ``ramps.py``)."""
+"""Schedules over a training run: loss-weight ramps of consistency methods (Laine & Aila 2017; SSL4MIS
+``ramps.py``) and nnU-Net's poly learning rate."""
 from __future__ import annotations
 
 import math
@@ -25,3 +26,8 @@ def cosine_rampdown(current: float, length: float) -> float:
         return 0.0
     t = min(max(float(current), 0.0), float(length)) / float(length)
     return 0.5 * (math.cos(math.pi * t) + 1.0)
+
+
+def poly_lr(base: float, step: int, total: int, exponent: float = 0.9) -> float:
+    """nnU-Net's poly schedule: base (1 - step / total)^exponent."""
+    return base * (1 - step / max(1, total)) ** exponent
