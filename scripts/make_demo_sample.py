@@ -1,7 +1,7 @@
 """Build the embedded demo sample (semiseg/resources/chaos_sample) from ../shared/data/ChaosT2.
 
 Resamples in-plane to 2.5 mm (z keeps 7.7 mm): images linearly (kept int16), labels nearest. The split
-keeps the benchmark's roles: 4 labelled, 10 unlabelled (images only, no labels shipped), 3 test (labels
+keeps the benchmark's roles: 4 labelled, 10 unlabelled (images only, no labels shipped), 6 test (labels
 in labelsTs, for evaluation only). CHAOS is CC BY-NC-SA 4.0; the sample carries that notice.
 
     python scripts/make_demo_sample.py [--source ../shared/data/ChaosT2]
@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 LABELLED = ["chaos_000", "chaos_001", "chaos_002", "chaos_003"]
 UNLABELLED = [f"chaos_{i:03d}" for i in range(4, 14)]  # the benchmark's 10 unlabelled cases: what AD-MT learns from
-TEST = ["chaos_014", "chaos_015", "chaos_016"]
+TEST = [f"chaos_{i:03d}" for i in range(14, 20)]  # the benchmark's 6 test cases
 SPACING_XY = 2.5
 
 LICENSE = """Derived from the CHAOS challenge MR T2-SPIR training set (Kavur et al., "CHAOS Challenge -

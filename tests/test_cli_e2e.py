@@ -33,7 +33,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert len(row.strip("|").split("|")) == 6  # organ, Dice x2, delta, HD95 x2
     for png in ("dice_by_organ.png", "training_curve_supervised.png", "training_curve_ad-mt.png"):
         assert (report / png).is_file(), png
-    assert len(list(report.glob("chaos_*.png"))) == 3
+    assert sorted(p.stem for p in report.glob("chaos_*.png")) == summary["test_cases"] and len(summary["test_cases"]) == 6
     assert not [p for p in out.rglob(".*") if p.is_file()]  # nothing half-written
     # the unlabelled cases of the sample ship without labels
     sample = Path(__file__).resolve().parents[1] / "semiseg/resources/chaos_sample"
