@@ -220,6 +220,10 @@ def test_bad_inputs_name_the_file(onnx_file: Path, tmp_path: Path, capsys: pytes
     (tmp_path / "bare" / "m.onnx").write_bytes(onnx_file.read_bytes())  # no plan beside it
     assert deploy_main([str(tmp_path / "bare" / "m.onnx"), str(tmp_path / "nan"), str(tmp_path / "o"), "--quiet"]) == 2
     assert "m.plan.json" in capsys.readouterr().err
+    for option, value in (("--step", "0"), ("--batch", "0"), ("--threads", "-1")):  # refused while parsing, by name
+        with pytest.raises(SystemExit) as e:
+            deploy_main([folder, str(tmp_path / "nan"), str(tmp_path / "o"), option, value])
+        assert e.value.code == 2 and option in capsys.readouterr().err
 
 
 def test_ensure_onnx_backfills_the_plan(model: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from semiseg.argtypes import positive_int, unit_fraction
 from semiseg.config import Plan
 from semiseg.data.cases import discover_cases, read_channels  # noqa: F401  (discover_cases re-exported)
 from semiseg.data.io import Geometry, ImageError, write_segmentation
@@ -133,9 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("model", help="model_final.onnx, its folder, or a folder of fold_*/model_final.onnx (ensemble)")
     ap.add_argument("input", help="an image file or a folder of CASE_XXXX.nii.gz files")
     ap.add_argument("output", help="output folder (one label map per case, the input's name and geometry)")
-    ap.add_argument("--step", type=float, default=0.5, help="sliding-window stride as a fraction of the patch")
-    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
-    ap.add_argument("--batch", type=int, default=2, help="windows per ONNX Runtime call")
+    ap.add_argument("--step", type=unit_fraction, default=0.5, help="sliding-window stride as a fraction of the patch")
+    ap.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    ap.add_argument("--batch", type=positive_int, default=2, help="windows per ONNX Runtime call")
     ap.add_argument("--resample", default="probabilities", choices=RESAMPLE_MODES,
                     help="what is resampled to the input grid before argmax (logits: nnU-Net's export)")
     ap.add_argument("--overwrite", action="store_true", help="re-predict cases whose output exists")
