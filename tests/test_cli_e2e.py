@@ -35,6 +35,9 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert (report / png).is_file(), png
     assert sorted(p.stem for p in report.glob("chaos_*.png")) == summary["test_cases"] and len(summary["test_cases"]) == 6
     assert not [p for p in out.rglob(".*") if p.is_file()]  # nothing half-written
+    capsys.readouterr()
+    assert main(["--quiet", "demo", "--out", str(out), "--iterations", "4", "--device", "cpu"]) == 2  # not mixed into this run
+    assert "other settings (iterations)" in capsys.readouterr().err
     # the unlabelled cases of the sample ship without labels
     sample = Path(__file__).resolve().parents[1] / "semiseg/resources/chaos_sample"
     unlabelled = json.loads((sample / "splits_semisupervised.json").read_text())["unlabelled"]

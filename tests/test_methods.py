@@ -284,13 +284,13 @@ def test_mpl_student_gets_labelled_gradient_at_every_step():
 
 
 def test_mpl_finetune_restarts_the_student_lr():
-    m = build("mpl", {"finetune_steps": 20})
+    m = build("mpl", {"finetune_steps": 20, "finetune_lr_restart": True})
     base = 0.01
     assert m.learning_rate("student", base, 80, 100) == pytest.approx(base)  # the fine-tune's first step: full LR again
     assert m.learning_rate("student", base, 90, 100) == pytest.approx(base * 0.5**0.9)
     assert m.learning_rate("teacher", base, 80, 100) == pytest.approx(base * 0.2**0.9)  # the teacher keeps the run's poly
     assert m.learning_rate("student", base, 50, 100) == pytest.approx(base * 0.5**0.9)
-    plain = build("mpl", {"finetune_steps": 20, "finetune_lr_restart": False})
+    plain = build("mpl", {"finetune_steps": 20})  # off by default: the run's poly tail
     assert plain.learning_rate("student", base, 80, 100) == pytest.approx(base * 0.2**0.9)
 
 
@@ -334,3 +334,15 @@ def test_dlunet_mixes_images_and_pseudo_labels_with_the_same_box():
     from_first = (x_mix == u).float().mean()
     from_partner = (x_mix == u.roll(1, 0)).float().mean()
     assert 0.2 < float(from_first) < 0.4 and float(from_first + from_partner) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("method, params, named", [
+    ("mpl", {"mpl_loss": "dce"}, "mpl_loss"), ("mpl", {"feedback_sign": 0}, "feedback_sign"),
+    ("mpl", {"temperature": 0.0}, "temperature"), ("mean-teacher", {"consistency_type": "l2"}, "consistency_type"),
+    ("mean-teacher", {"dropout_at": "bogus"}, "dropout_at"), ("ua-mt", {"sup_loss": "dice"}, "sup_loss"),
+    ("cps", {"init": ["kaiming"]}, "init"), ("cps", {"init": ["he", "xavier"]}, "init"),
+])
+def test_a_choice_param_outside_its_choices_is_refused_when_the_method_is_built(method, params, named):
+    """Refused up front by name, not after a warm-up when the branch that reads it first runs."""
+    with pytest.raises(ValueError, match=named):
+        build(method, params)

@@ -50,3 +50,29 @@ def test_predict_shards_write_disjoint_case_sets_covering_the_input(tmp_path: Pa
     capsys.readouterr()
     assert main(["--quiet", "predict", "--model", str(model), "--input", str(inp), "--output", str(out), "--shard", "3/3"]) == 2
     assert "0 <= i < n" in capsys.readouterr().err
+
+
+def test_a_record_never_vouches_for_a_map_another_prediction_rewrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Model A into OUT, then B over shard 0 with --overwrite, then A again: A's record still names shard 0's files,
+    but they now hold B's labels, so A must refuse them (it would otherwise keep B's maps as its own)."""
+    from semiseg.run import create_run
+
+    ds = make_dataset(tmp_path / "raw", ["lab_0", "lab_1"], test=CASES)
+    run = create_run(ds, tmp_path / "run", base_features=4, overrides=tiny_overrides(), progress=False)
+    for name, seed in (("a", "0"), ("b", "1")):
+        assert main(["--quiet", "train", str(run.root), "--fold", "all", "--iterations", "1", "--name", name, "--seed", seed]) == 0
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for c in CASES:
+        (inp / f"{c}_0000.nii.gz").symlink_to(ds / "imagesTr" / f"{c}_0000.nii.gz")
+
+    def predict(model: str, *extra: str) -> int:
+        return main(["--quiet", "predict", "--model", str(run.root / model / "fold_all"), "--input", str(inp), "--output", str(out),
+                     "--step", "1.0", *extra])
+
+    assert predict("a") == 0
+    assert predict("b", "--overwrite", "--shard", "0/2") == 0
+    capsys.readouterr()
+    assert predict("a") == 2
+    assert "another model or other options" in capsys.readouterr().err
+    assert predict("a", "--overwrite") == 0 and predict("a") == 0  # replaced, then resumable again

@@ -42,6 +42,11 @@ def _input_ids(paths: Sequence[Path]) -> list[list[Any]]:
     return [[p.name, (st := p.stat()).st_size, st.st_mtime_ns] for p in paths]
 
 
+def _output_id(p: Path) -> list[int]:
+    st = p.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
 def _is_label_map(p: Path) -> bool:
     return p.is_file() and p.name.endswith(IMAGE_ENDINGS) and not is_temporary(p)
 
@@ -70,24 +75,37 @@ class PredictionFolder:
         return out
 
     def begin(self, cases: dict[str, tuple[list[Path], str]]) -> set[str]:
-        """The cases whose output is already there from this same prediction (to skip)."""
+        """The cases whose output is already there from this same prediction (to skip).
+
+        A record vouches for a label map only while the file is the one it recorded (size and mtime), so a map
+        rewritten by another prediction is never taken for this one's. The folder is listed before the records
+        are read, and they are read again before refusing: a sibling shard that wrote a map and then its record
+        meanwhile is not taken for a stranger. A shard also leaves alone the unrecorded maps of cases that are
+        not its own while every record in the folder is of this same prediction (its siblings, still writing)."""
         make_folder(self.folder, "output folder")
-        manifests = self._manifests()
-        vouched = {e.get("file"): e for m in manifests.values() if m.get("stamp") == self.stamp for e in m.get("cases", {}).values()}
+        files = [p for p in sorted(self.folder.iterdir()) if _is_label_map(p)]
         targets = {f"{case}{ending}": (case, paths) for case, (paths, ending) in cases.items()}
-        done, stale = set(), []
-        for p in sorted(self.folder.iterdir()):
-            if not _is_label_map(p):
-                continue
-            entry = vouched.get(p.name)
-            case, paths = targets.get(p.name, (None, None))
-            if entry is not None and (paths is None or entry.get("inputs") == _input_ids(paths)):
-                if case is not None:
-                    done.add(case)
-                continue
-            stale.append(p.name)
+        manifests: dict[str, dict[str, Any]] = {}
+        for attempt in range(2):
+            manifests = self._manifests()
+            vouched = {e.get("file"): e for m in manifests.values() if m.get("stamp") == self.stamp
+                       for e in m.get("cases", {}).values()}
+            done, stale = set(), []
+            for p in files:
+                entry = vouched.get(p.name)
+                case, paths = targets.get(p.name, (None, None))
+                if (entry is not None and entry.get("output") == _output_id(p)
+                        and (paths is None or entry.get("inputs") == _input_ids(paths))):
+                    if case is not None:
+                        done.add(case)
+                    continue
+                stale.append(p.name)
+            if not stale:
+                break
+        other = any(m.get("stamp") not in (None, self.stamp) for m in manifests.values())
+        if self.manifest_name != MANIFEST and not other:
+            stale = [n for n in stale if n in targets]  # a sibling shard's unrecorded maps are its business
         if stale and not self.overwrite:
-            other = any(m.get("stamp") not in (None, self.stamp) for m in manifests.values())
             why = "another model or other options" if other else \
                 "another prediction (or a changed input)" if manifests else "a prediction this folder has no record of"
             raise ValueError(f"{self.folder}: holds {len(stale)} label map(s) from {why}, e.g. {stale[0]}: predicting into it "
@@ -102,5 +120,5 @@ class PredictionFolder:
         return done
 
     def record(self, case: str, target: Path, paths: Sequence[Path]) -> None:
-        self.entries[case] = {"file": target.name, "inputs": _input_ids(paths)}
+        self.entries[case] = {"file": target.name, "inputs": _input_ids(paths), "output": _output_id(target)}
         atomic_write_json(self.folder / self.manifest_name, {"stamp": self.stamp, "cases": self.entries})

@@ -96,9 +96,13 @@ class CPSParams:
     cps_on_labelled: bool = True
     adaptive_weight: bool = False
     alw_initial: float = 0.0
-    init: list[str] = field(default_factory=lambda: ["kaiming", "xavier"])
-    sup_loss: str = "dice_ce"
+    init: list[Literal["kaiming", "xavier", "default"]] = field(default_factory=lambda: ["kaiming", "xavier"])
+    sup_loss: Literal["dice_ce", "dice_ce_lovasz"] = "dice_ce"
     inference: Literal[1, 2] = 1
+
+    def __post_init__(self) -> None:
+        if len(self.init) != 2:
+            raise ValueError(f"cps: init names one scheme per network (2), got {list(self.init)}")
 
 
 @dataclass(frozen=True)

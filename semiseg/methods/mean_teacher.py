@@ -105,12 +105,12 @@ def masked_consistency(dist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class MeanTeacherParams:
     ema_decay: float = 0.99
     consistency: float = 0.1
-    consistency_type: str = "mse"
+    consistency_type: Literal["mse", "kl"] = "mse"
     rampup: float = 1.0
     noise_std: float = 0.1
     dropout: float = 0.0
-    dropout_at: str = "auto"
-    sup_loss: str = "dice_ce"
+    dropout_at: Literal["auto", "blocks", "bottleneck"] = "auto"
+    sup_loss: Literal["dice_ce", "dice_ce_lovasz"] = "dice_ce"
     inference: Literal["student", "teacher"] = "student"
 
 

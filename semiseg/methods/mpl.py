@@ -55,17 +55,19 @@ class MPLParams:
     temperature: float = 1.0
     sup_weight: float = 1.0
     mpl_weight: float = 1.0
-    mpl_loss: str = "ce"
-    feedback_sign: int = 1
+    mpl_loss: Literal["ce", "dice_ce"] = "ce"
+    feedback_sign: Literal[1, -1] = 1
     warmup_steps: int = 0
     finetune_steps: int = 0
-    finetune_lr_restart: bool = True
+    finetune_lr_restart: bool = False
     student_sup_weight: float = 0.0
     h_baseline_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.warmup_steps < 0 or self.finetune_steps < 0:
             raise ValueError(f"mpl: warmup_steps and finetune_steps must be >= 0, got {self.warmup_steps}, {self.finetune_steps}")
+        if self.temperature <= 0:
+            raise ValueError(f"mpl: temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.h_baseline_decay < 1.0:
             raise ValueError(f"mpl: h_baseline_decay must be in [0, 1), got {self.h_baseline_decay}")
 
@@ -82,8 +84,9 @@ class MetaPseudoLabels(Method):
       data: the FLARE22 paper first trains the teacher on the labelled cases, so the student does not
       start from an untrained teacher's all-background argmax); finetune_steps 0 (the last N steps
       train the student on labelled data only, Pham et al.'s final fine-tuning; 0 leaves it to a
-      separate supervised run); finetune_lr_restart True (the fine-tune gets its own poly LR from the base
-      LR, instead of the whole run's tail, where the LR is ~0); student_sup_weight 0.0 (> 0: the student
+      separate supervised run); finetune_lr_restart False (True: the fine-tune gets its own poly LR from
+      the base LR instead of the whole run's tail, e.g. 0.24x base falling to 0 over the last 20% of a run;
+      off by default so that results keyed before it existed keep their meaning); student_sup_weight 0.0 (> 0: the student
       trains on labelled batches with this weight at every step, warm-up included, as the FLARE22 paper's
       text has it use "the pseudo labels and labeled images"; after a feedback step the labelled step
       comes after h is measured, so the feedback still scores the pseudo-labels alone. 0 is Alg. 1: a weak

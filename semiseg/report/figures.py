@@ -11,7 +11,7 @@ from semiseg.report.png import save_png
 
 def class_dice_bars_png(results: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
     """Grouped bars: per class, each model's mean Dice over the test cases, with every case as a dot, so a mean
-    carried by one case shows (the demo has 3)."""
+    carried by one case shows (the demo has 6)."""
     import matplotlib
 
     matplotlib.use("Agg")

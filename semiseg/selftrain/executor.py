@@ -11,6 +11,7 @@ what lets the Ray executor simply retry a task whose worker died (``max_retries`
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
@@ -173,6 +174,8 @@ class RayExecutor:
                     self.timings.append(Timing(names[ref], seconds, time.perf_counter() - t0, cpu))
                 bar.update(1)
         if errors:
+            for e in errors[1:]:  # the first is raised; the others would otherwise be lost
+                print(f"ray: another task of '{desc}' failed too: {type(e).__name__}: {e}", file=sys.stderr)
             raise errors[0]
         return [results[r] for r in refs]
 

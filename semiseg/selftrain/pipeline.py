@@ -24,7 +24,7 @@ Layout (every step resumable: finished models and per-case pseudo-labels are nev
 
 Where the work runs is an executor's business (:mod:`semiseg.selftrain.executor`): the k fold models of a
 round, the shards of its pseudo-labelling and the final models are tasks, in this process one after
-another by default or as Ray tasks on a cluster; the results do not depend on it.
+another by default or as Ray tasks on a cluster; the results do not depend on it (at equal threads per task).
 
 Labels of unlabelled cases are never read for training or selection: the cache holds none for them,
 and :func:`evaluate_pseudo_labels` (the only reader, for the quality report) writes nothing that
@@ -532,7 +532,7 @@ def run_selftrain(run: Run, cfg: SelfTrainConfig, device: str | None = None, pro
                   executor: Executor | None = None) -> Path:
     """Run (or resume) a self-training method; returns the final model's ``model_final.pt``. ``executor``
     runs the trainings and pseudo-labelling shards (default: in this process, one after another); the
-    results do not depend on it. The run folder must be on a filesystem every worker sees."""
+    results do not depend on it (at equal threads per task). The run folder must be on a filesystem every worker sees."""
     ds = run.dataset()
     if not ds.unlabelled:
         raise ValueError(f"{ds.root}: the split has no unlabelled cases to pseudo-label")
