@@ -42,10 +42,16 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
+    from semiseg.config import Plan, check_override_keys
     from semiseg.run import create_run
 
+    overrides = _overrides(a.set)
+    try:
+        check_override_keys(Plan, overrides)  # before the dataset scan
+    except KeyError as e:
+        raise ValueError(f"--set: {e.args[0]}") from None
     run = create_run(a.dataset, a.out, a.split, spacing=a.spacing, max_patch_voxels=a.max_patch_voxels,
-                     base_features=a.base_features, max_features=a.max_features, overrides=_overrides(a.set), progress=not a.quiet)
+                     base_features=a.base_features, max_features=a.max_features, overrides=overrides, progress=not a.quiet)
     p = run.plan
     print(f"plan written to {run.root / 'plan.json'}")
     print(f"  spacing (z,y,x) mm: {p.target_spacing}   patch: {p.patch_size}   median shape: {p.median_shape}")

@@ -162,6 +162,23 @@ def fields_from(cls: type, raw: Any, source: str, nested: tuple[str, ...] = ()) 
     return {k: v for k, v in raw.items() if k not in nested}
 
 
+def check_override_keys(cls: type, overrides: dict[str, Any]) -> None:
+    """KeyError naming the first dotted key that names no field of dataclass ``cls`` (or of its nested dataclasses),
+    so a typo is caught before the work that would precede :func:`apply_overrides` (a dataset scan)."""
+    import typing
+
+    for key in overrides:
+        target: Any = cls
+        for p in key.split("."):
+            if not dataclasses.is_dataclass(target):
+                break  # a free-form mapping (method_params) or a plain value: nothing to check below it
+            names = {f.name for f in dataclasses.fields(target)}
+            if p not in names:
+                raise KeyError(f"unknown configuration field '{key}' (no '{p}' in {target.__name__}; "
+                               f"fields: {', '.join(sorted(names))})")
+            target = typing.get_type_hints(target).get(p)
+
+
 def apply_overrides(obj: T, overrides: dict[str, Any]) -> T:
     """Return a copy of a dataclass with dotted-key overrides applied (``network.features``)."""
     obj = dataclasses.replace(obj)

@@ -114,6 +114,15 @@ def test_numeric_options_are_checked_at_parse_time(argv, option, tmp_path, capsy
     assert not list(tmp_path.iterdir())  # nothing started
 
 
+def test_an_unknown_plan_set_field_is_named_before_the_dataset_is_scanned(tmp_path, capsys, monkeypatch):
+    import semiseg.run
+
+    monkeypatch.setattr(semiseg.run, "fingerprint", lambda *a, **k: pytest.fail("the dataset was scanned first"))
+    refused(["plan", str(tmp_path / "DS"), "--out", str(tmp_path / "run"), "--set", "network.featurs=[8]"], capsys,
+            "--set", "'network.featurs'", "NetworkConfig")
+    assert not (tmp_path / "run").exists()
+
+
 # -- training options and configuration files ------------------------------------------------------------
 def test_fold_out_of_range_for_k_is_refused_before_any_work(run, capsys):
     before = sorted(p.name for p in run.root.iterdir())
