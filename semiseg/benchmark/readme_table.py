@@ -38,6 +38,15 @@ def _paired_text(name: str, c: Mapping[str, Any] | None) -> str:
     return f"{f'**{diff}**' if c and c.get('verdict') != 'not distinguishable' else diff} | {format_p(c)}"
 
 
+def _baseline_text(c: Mapping[str, Any] | None) -> str:
+    """``baseline: Δ [CI]`` against the entry's own supervised baseline (its network and regularisation), bold when
+    the CI excludes 0; a dash for entries judged against the lower bound only."""
+    if not c:
+        return "—"
+    diff = format_diff(c)
+    return f"{c['baseline']}: {f'**{diff}**' if c.get('verdict') != 'not distinguishable' else diff}"
+
+
 def table_for(doc: Mapping[str, Any], source: str) -> str:
     """One benchmark: heading with its regime and budget, a row per entry, and the provenance line."""
     b = doc["benchmark"]
@@ -50,11 +59,13 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
         "",
     ]
     pp = any("foreground_postprocessed" in e for e in doc["entries"].values())
+    own = any(e.get("paired_vs_baseline") for e in doc["entries"].values())
     lines += [
-        "| method | seeds | Dice (test) | gap closure | Δ Dice vs lower [95% CI] | p (Wilcoxon) | NSD | HD95 (mm) | ASD (mm) |"
+        "| method | seeds | Dice (test) | gap closure | Δ Dice vs lower [95% CI] | p (Wilcoxon) |"
+        + (" Δ Dice vs own baseline [95% CI] |" if own else "") + " NSD | HD95 (mm) | ASD (mm) |"
         " train time (min) | s/step | peak RAM (GB) |"
         + (" Dice, post-processed | gap closure, post-processed | HD95, post-processed (mm) |" if pp else ""),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if pp else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if own else "") + "---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if pp else ""),
     ]
     for name, e in doc["entries"].items():
         fg = e["foreground"]
@@ -66,7 +77,8 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
         sps_text = "n/a" if sps is None else f"{sps:.2f}"
         ram_text = "n/a" if ram is None else f"{ram / 1024:.2f}"
         lines.append(f"| {label} | {len(e['seeds'])} | {_pm(fg['DSC'])} | {gc_text} | {_paired_text(name, e.get('paired_vs_lower'))} | "
-                     f"{_pm(fg['NSD'])} | {_pm(fg['HD95'], 2)} | "
+                     + (f"{_baseline_text(e.get('paired_vs_baseline'))} | " if own else "")
+                     + f"{_pm(fg['NSD'])} | {_pm(fg['HD95'], 2)} | "
                      f"{_pm(fg['ASD'], 2)} | {t_text} | {sps_text} | {ram_text} |"
                      + (f" {_pm((e.get('foreground_postprocessed') or {}).get('DSC'))} | {_gap_text(name, e.get('gap_closure_postprocessed'))} |"
                         f" {_pm((e.get('foreground_postprocessed') or {}).get('HD95'), 2)} |" if pp else ""))
@@ -80,6 +92,8 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
               + (" Δ Dice vs lower: each test case of each seed against the lower bound's on the same case and seed, mean with "
                  "a 95% bootstrap CI over those pairs (bold: the CI excludes 0) and the Wilcoxon signed-rank p."
                  if any(e.get("paired_vs_lower") for e in doc["entries"].values()) else "")
+              + (" Δ vs own baseline: the same pairing against the supervised entry that trains the method's own network "
+                 "and regularisation (e.g. UA-MT's dropout)." if own else "")
               + (f" Post-processing: `{json.dumps(b.get('postprocess'))}`" + (
                   f"; supervised gap after it {gap_pp['of_means']:.3f}" if gap_pp.get("of_means") is not None else "") + "." if pp else "")]
     return "\n".join(lines)
