@@ -140,7 +140,7 @@ def run_demo(out: Path, iterations: int | None = None, progress: bool = True, de
 
     cfg = config or DemoConfig()
     if iterations is not None:
-        cfg = DemoConfig(**{**cfg.__dict__, "iterations": iterations})
+        cfg = dataclasses.replace(cfg, iterations=iterations)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_config(out, cfg)
     data = sample_dataset()
@@ -150,9 +150,10 @@ def run_demo(out: Path, iterations: int | None = None, progress: bool = True, de
     t = time.time()
     overrides = {**cfg.overrides, "patch_size": list(cfg.patch_size)}
     patch_voxels = cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2]
+    spacing = list(cfg.spacing) if cfg.spacing else None
     run = (Run(out / "run") if (out / "run" / "plan.json").is_file() else
-           create_run(data, out / "run", spacing=list(cfg.spacing) if cfg.spacing else None, overrides=overrides, progress=progress, max_patch_voxels=patch_voxels,
-                      base_features=16, max_features=128))
+           create_run(data, out / "run", spacing=spacing, overrides=overrides, progress=progress,
+                      max_patch_voxels=patch_voxels, base_features=16, max_features=128))
     timings["plan_s"] = time.time() - t
 
     test_images, ref_dir = out / "test_images", out / "test_labels"
