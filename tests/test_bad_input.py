@@ -159,14 +159,20 @@ def test_a_folder_that_is_not_a_run_is_named(tmp_path, capsys):
     refused(["preprocess", str(tmp_path / "nope")], capsys, "not a run folder")
 
 
-def test_an_edited_plan_with_an_unknown_field_is_named(run, tmp_path, capsys):
+def _run_with_edited_plan(run, tmp_path, **fields):
+    """A copy of the run (no cache, no models) whose plan.json has ``fields`` set, as a user editing it would."""
     import shutil
 
     copy = tmp_path / "run"
     shutil.copytree(run.root, copy, ignore=shutil.ignore_patterns("cache", "supervised"))
     plan = json.loads((copy / "plan.json").read_text())
-    plan["patch_sise"] = [8, 32, 32]
+    plan.update(fields)
     (copy / "plan.json").write_text(json.dumps(plan))
+    return copy
+
+
+def test_an_edited_plan_with_an_unknown_field_is_named(run, tmp_path, capsys):
+    copy = _run_with_edited_plan(run, tmp_path, patch_sise=[8, 32, 32])
     refused(["train", str(copy), "--iterations", "1"], capsys, str(copy / "plan.json"), "'patch_sise'")
 
 
@@ -247,13 +253,7 @@ def test_plan_refuses_a_patch_the_network_cannot_pool(raw, tmp_path, capsys, set
 
 
 def test_train_refuses_a_plan_edited_to_a_patch_the_network_cannot_pool(run, tmp_path, capsys):
-    import shutil
-
-    copy = tmp_path / "run"
-    shutil.copytree(run.root, copy, ignore=shutil.ignore_patterns("cache", "supervised"))
-    plan = json.loads((copy / "plan.json").read_text())
-    plan["patch_size"] = [8, 32, 30]
-    (copy / "plan.json").write_text(json.dumps(plan))
+    copy = _run_with_edited_plan(run, tmp_path, patch_size=[8, 32, 30])
     refused(["train", str(copy), "--iterations", "1"], capsys, str(copy / "plan.json"), "axis x (30)")
     assert not (copy / "cache").exists() and not (copy / "supervised").exists()
 
