@@ -94,16 +94,46 @@ def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
         np.save(f, arr)
 
 
-def link_or_copy(src: str | Path, dst: str | Path) -> None:
-    """Hard link (no extra disk), or copy across file systems, under a temporary name then renamed; an
-    existing target is kept."""
+def link_or_copy(src: str | Path, dst: str | Path, how: str = "hard") -> None:
+    """Make ``dst`` a hard link to ``src`` (no extra disk; ``how="hard"``), a symbolic link (``"symbolic"``: the
+    target stays where it is) or a copy (``"copy"``: an independent file); a link falls back to a copy across file
+    systems. Written under a temporary name then renamed; an existing target is kept."""
+    if how not in ("hard", "symbolic", "copy"):
+        raise ValueError(f"link_or_copy: how must be 'hard', 'symbolic' or 'copy', not {how!r}")
     dst = Path(dst)
     if dst.exists():
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    if tmp.exists() or tmp.is_symlink():
+        tmp.unlink()
     try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        if how == "copy":
+            shutil.copyfile(src, tmp)
+        else:
+            try:
+                (os.link if how == "hard" else os.symlink)(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+
+
+def save_png(fig: Any, path: str | Path, dpi: int = 90) -> Path:
+    """Save a matplotlib figure to ``path`` through :func:`replacing` and close it if pyplot manages it (a plain
+    ``Figure`` leaves pyplot, and its global backend, untouched)."""
+    import sys
+
+    path = Path(path)
+    try:
+        with replacing(path, ".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is not None and isinstance(fig, plt.Figure):
+            plt.close(fig)
+    return path
+
+

@@ -11,9 +11,7 @@ how tests feed a known load and check the areas exactly.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import psutil
+
+from semiseg.atomic import save_png
 
 Probe = Callable[[], "tuple[float, float, float | None]"]
 R = TypeVar("R")
@@ -159,16 +159,7 @@ class EfficiencyReport:
         axes[-1].set_xlabel("time (s)")
         gpu_text = "n/a" if self.max_gpu_mb is None else f"{self.max_gpu_mb:.0f} MB, AUC {self.auc_gpu_mb_s:.0f} MB*s"
         axes[0].set_title(f"wall {self.wall_time_s:.1f} s | peak RSS {self.peak_rss_mb:.0f} MB | GPU {gpu_text}")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format="png", dpi=100)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_png(fig, path, dpi=100)
 
 
 class ResourceSampler:

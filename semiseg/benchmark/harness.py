@@ -20,13 +20,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from semiseg.atomic import link_or_copy
 from semiseg.benchmark.config import UPPER, BenchmarkConfig, ConfigError, MethodSpec
 from semiseg.benchmark.results import aggregate, provenance
 from semiseg.benchmark.runners import SelfTrainRunner, runner_for
@@ -109,23 +109,6 @@ def _as_json(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-def _link_or_copy(src: Path, dst: Path, copy: bool) -> None:
-    if dst.is_file():
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    if tmp.exists() or tmp.is_symlink():
-        tmp.unlink()
-    if copy:
-        shutil.copyfile(src, tmp)
-    else:
-        try:
-            os.symlink(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
 def _gather(cfg: BenchmarkConfig, cases: list[str], images: Path, labels: Path) -> None:
     """Images (linked) and hidden reference labels (copied) of cases that are evaluated, never trained on."""
     from semiseg.data.dataset import RawDataset
@@ -135,11 +118,11 @@ def _gather(cfg: BenchmarkConfig, cases: list[str], images: Path, labels: Path) 
         for p in ds.image_paths(case):
             if not p.is_file():
                 raise FileNotFoundError(f"{p}: image of case '{case}' not found")
-            _link_or_copy(p, images / p.name, copy=False)
+            link_or_copy(p, images / p.name, how="symbolic")
         ref = ds.reference_label_path(case)
         if not ref.is_file():
             raise FileNotFoundError(f"{ref}: reference label of evaluated case '{case}' not found")
-        _link_or_copy(ref, labels / ref.name, copy=True)
+        link_or_copy(ref, labels / ref.name, how="copy")
 
 
 def prepare(cfg: BenchmarkConfig, progress: bool = True) -> Layout:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from semiseg import distributed
+from semiseg.atomic import save_png
 from semiseg.config import EPOCH_LENGTH, Plan, TrainConfig, comparable_train_config
 from semiseg.data.folder_lock import FolderLock
 from semiseg.data.io import atomic_write_json
@@ -227,7 +227,4 @@ def plot_curve(history: list[dict[str, float]], path: Path) -> None:
     ax.legend(handles, labels, fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path, dpi=100)

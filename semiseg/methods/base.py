@@ -52,7 +52,7 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.params: Any = self.parse_params(params)
         # NetworkConfig fields of the kept network where it differs from the plan's (DLUNet's light net)
-        self.inference_network_overrides: dict[str, Any] = {}
+        self.inference_network_overrides: dict[str, Any] = self.network_overrides()
         self.cfg = train_cfg
         self.make_net = make_net
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -136,6 +136,10 @@ class Method(nn.Module):
         """``method_params`` as this method's ``Params``; unknown names, wrong types and bad values are refused
         naming the valid ones (called wherever a method is built, and by the benchmark at load)."""
         return parse_params(cls.Params, params, cls.name)
+
+    def network_overrides(self) -> dict[str, Any]:
+        """NetworkConfig fields (from ``self.params``) where this method's networks differ from the plan's."""
+        return {}
 
     # -- the contract -------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:

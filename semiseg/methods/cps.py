@@ -133,13 +133,11 @@ class CPS(Method):
     name = "cps"
     needs_unlabelled = True
     Params = CPSParams
-    net_overrides: dict[str, Any] = {}
-
     def __init__(self, make_net, num_classes, params, train_cfg):
         super().__init__(make_net, num_classes, params, train_cfg)
         init1, init2 = self.params.init
-        self.net1 = reinitialise(make_net(**self.net_overrides), init1)
-        self.net2 = reinitialise(make_net(**self.net_overrides), init2)
+        self.net1 = reinitialise(make_net(**self.inference_network_overrides), init1)
+        self.net2 = reinitialise(make_net(**self.inference_network_overrides), init2)
         self.optimizers["net1"] = self.sgd(self.net1)
         self.optimizers["net2"] = self.sgd(self.net2)
         self.alw = AdaptiveWeight(self.params.alw_initial)
@@ -208,11 +206,9 @@ class DLUNet(CPS):
     name = "dlunet"
     Params = DLUNetParams
 
-    def __init__(self, make_net, num_classes, params, train_cfg):
-        light = self.parse_params(params).light_arch
-        self.net_overrides = {"arch": light}  # read by CPS.__init__ to build both nets
-        super().__init__(make_net, num_classes, params, train_cfg)
-        self.inference_network_overrides = {"arch": light}  # NetworkConfig fields of the kept network
+    def network_overrides(self) -> dict[str, Any]:
+        """Both nets (and so the kept one) are the light U-Net: CPS.__init__ builds them with these fields."""
+        return {"arch": self.params.light_arch}
 
     def seg_loss(self, out: Output, label: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         if ctx.progress < self.params.robust_after:

@@ -36,10 +36,11 @@ class Supervised(Method):
 
     def __init__(self, make_net, num_classes, params, train_cfg):
         super().__init__(make_net, num_classes, params, train_cfg)
-        network = dict(self.params.network)
-        self.net = make_net(**network)
+        self.net = make_net(**self.inference_network_overrides)
         self.optimizers["net"] = self.sgd(self.net)
-        self.inference_network_overrides = dict(network)  # the kept network's NetworkConfig fields
+
+    def network_overrides(self) -> dict[str, Any]:
+        return dict(self.params.network)
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         with self.autocast(ctx.device):

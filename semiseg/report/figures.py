@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from semiseg.report.png import save_png
+from semiseg.atomic import save_png
 
 
 def class_dice_bars_png(results: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "") -> Path:

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from semiseg.atomic import atomic_write_text, replacing
+from semiseg.atomic import atomic_write_text, save_png
 from semiseg.benchmark.config import LOWER, UPPER
 from semiseg.benchmark.paired import format_diff, format_p
 from semiseg.benchmark.results import cpu_model_text, load_results
@@ -48,9 +48,7 @@ def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1) -> tuple[Any, An
 def _save(fig: Any, path: Path) -> Path:
     """Write a figure atomically (semiseg.atomic.replacing), leaving pyplot's state alone."""
     fig.tight_layout()
-    with replacing(path, ".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    return path
+    return save_png(fig, path)
 
 
 def _fmt(v: Any, digits: int = 3) -> str:

@@ -7,7 +7,7 @@ from typing import Mapping
 import numpy as np
 
 from semiseg.evaluation.slices import best_slice, window_intensity
-from semiseg.report.png import save_png
+from semiseg.atomic import save_png
 
 
 def overlay_png(image: np.ndarray, ref: np.ndarray, pred: np.ndarray, labels: Mapping[str, int], path: str | Path,

@@ -6,8 +6,6 @@ dropped cases) wherever ground truth exists for some unlabelled cases.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,27 +15,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
+from semiseg.atomic import save_png  # noqa: E402
 from semiseg.selftrain.uncertainty import SelectionConfig, select_cases, selection_cutoff  # noqa: E402
 
 _KEEP, _DROP = "tab:green", "tab:red"
-
-
-def _save_png(fig: Figure, out_png: str | Path) -> None:
-    """Save a figure atomically (temp file in the target folder, then os.replace) and close it."""
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.png", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _check_scores(scores: dict[str, float], what: str = "scores") -> None:
@@ -71,7 +54,7 @@ def plot_uncertainty(scores: dict[str, float], cfg: SelectionConfig, out_png: st
     ax_hist.axvline(cut, color="k", ls="--", lw=1)
     ax_hist.set(xlabel="uncertainty score", ylabel="cases", title="score distribution")
     fig.tight_layout()
-    _save_png(fig, out_png)
+    save_png(fig, out_png, dpi=120)
 
 
 def _paired(scores: dict[str, float], true_dice: dict[str, float]) -> list[str]:
@@ -138,4 +121,4 @@ def plot_quality_scatter(
     )
     ax.legend(loc="lower right")
     fig.tight_layout()
-    _save_png(fig, out_png)
+    save_png(fig, out_png, dpi=120)
