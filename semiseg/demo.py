@@ -4,7 +4,8 @@ On the embedded ChaosT2 sample (4 labelled, 10 unlabelled, 6 test cases) it trai
 and one semi-supervised method with the same network, patch, budget and seed, then predicts the test
 cases, keeps each organ's largest component (each of these organs is one object), evaluates with FLARE
 rules and writes one report with both side by side: per-organ table, Dice bars, overlays of reference,
-baseline and semi-supervised on the same slice, training curves. Every stage resumes, so a second run
+baseline and semi-supervised on the same slice, training curves, and a label-free check that names the test
+images whose intensities are unlike the training images' (semiseg.data.intensity_profile). Every stage resumes, so a second run
 finishes quickly. The sample is CC BY-NC-SA 4.0 (see its LICENSE.txt).
 
 The semi-supervised method is AD-MT, the best of our LA-SSL-4 benchmark over 3 seeds so far
@@ -49,6 +50,7 @@ class DemoConfig:
     patch_size: tuple[int, int, int] = (32, 64, 64)  # (z, y, x)
     seed: int = 0
     precision: str = "auto"  # "auto": bf16 on a CPU with native bf16 (AVX512-BF16/AMX), else the device's default
+    augmentation: str = "mirror"  # a semiseg.data.augment preset, the same for every model
     overrides: dict[str, Any] = field(default_factory=lambda: dict(DEMO_OVERRIDES))
 
     def __post_init__(self) -> None:
@@ -62,6 +64,10 @@ class DemoConfig:
             get_method(m)  # an unknown name fails here, naming the known ones
         if self.iterations < 1:
             raise ValueError(f"demo iterations must be >= 1, got {self.iterations}")
+        from semiseg.data.augment import PRESETS
+
+        if self.augmentation not in ("none", "mirror", *PRESETS):
+            raise ValueError(f"demo augmentation '{self.augmentation}' is not a preset (choose none, mirror, {', '.join(PRESETS)})")
 
 
 def sample_dataset() -> Path:
@@ -92,13 +98,17 @@ def _copy_cases(paths: list[Path], folder: Path) -> None:
                 shutil.copyfile(p, tmp)
 
 
+_ADDED_FIELDS: dict[str, Any] = {"augmentation": "mirror"}  # DemoConfig fields newer than the first record, as they were before
+
+
 def _check_same_config(out: Path, cfg: DemoConfig) -> None:
     """A demo folder is resumed only with the configuration that started it (its plan, models and predictions
     belong to it); another one is refused, naming the folder, rather than mixed in."""
     record = out / "demo_config.json"
     mine = json.loads(json.dumps(dataclasses.asdict(cfg)))
     if record.is_file():
-        theirs = json.loads(record.read_text())
+        # a field added since that run was recorded held its default then (ADDED_FIELDS)
+        theirs = {**_ADDED_FIELDS, **json.loads(record.read_text())}
         if theirs != mine:
             diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
             raise ValueError(f"{out}: holds a demo run with other settings ({', '.join(diff)}); delete the folder or "
@@ -166,7 +176,7 @@ def run_demo(out: Path, iterations: int | None = None, progress: bool = True, de
     for method in cfg.methods:
         t = time.time()
         train_cfg = TrainConfig(method=method, iterations=cfg.iterations, seed=cfg.seed, checkpoint_every=250,
-                                augmentation="mirror", precision=precision, num_workers=1)  # batches made beside the step
+                                augmentation=cfg.augmentation, precision=precision, num_workers=1)  # batches made beside the step
         if progress:
             print(f"[demo] training {method}: {cfg.iterations} steps, precision {precision}")
         models[method] = train_fold(run, "all", train_cfg, device=device, progress=progress)
@@ -179,6 +189,9 @@ def run_demo(out: Path, iterations: int | None = None, progress: bool = True, de
         timings[f"predict_evaluate_{method}_s"] = time.time() - t
 
     baseline = cfg.methods[0]
+    t = time.time()
+    qc = _intensity_check(ds, run.plan.normalization)
+    timings["intensity_check_s"] = time.time() - t
     report = out / "report"
     report.mkdir(exist_ok=True)
     class_dice_bars_png(results, report / "dice_by_organ.png", f"{len(ds.test)} test cases, {cfg.iterations} steps each")
@@ -216,6 +229,14 @@ def run_demo(out: Path, iterations: int | None = None, progress: bool = True, de
         f"{len(ds.test)} test cases and one seed: a difference here is an illustration, not evidence. The evidence is "
         "the benchmarks (3 seeds, paired confidence intervals): see the project README's results section.",
         "",
+        "## Test images against the training images' intensities (labels not read)",
+        "Each image's 1st-99th percentiles after the plan's normalisation, against the median of the "
+        f"{len(qc.training)} training images' (labelled and unlabelled); flagged above 1.5x the 90th percentile of the "
+        "training images' own distances "
+        f"({qc.threshold:.3f}).",
+        "",
+        *[f"- {qc.describe(c)}" for c in ds.test],
+        "",
         "## Dice per case",
         *[f"**{m}**\n\n{per_case_markdown(results[m])}" for m in cfg.methods],
         "## Timings (s)",
@@ -231,11 +252,25 @@ def run_demo(out: Path, iterations: int | None = None, progress: bool = True, de
     summary = {"methods": list(cfg.methods), "iterations": cfg.iterations, "precision": precision, "test_cases": list(ds.test),
                "foreground_mean": {m: results[m]["foreground_mean"] for m in cfg.methods},
                "per_organ_dice": {m: {c: v.get("DSC") for c, v in results[m]["mean"].items()} for m in cfg.methods},
-               "timings_s": timings}
+               "intensity_outliers": {c: qc.describe(c) for c in qc.outliers}, "timings_s": timings}
     atomic_write_json(out / "summary.json", summary)
     print(table)
+    for c in qc.outliers:
+        print(f"[demo] {qc.describe(c)}")
     print(f"report: {report / 'README.md'}   timings: " + json.dumps({k: round(v, 1) for k, v in timings.items()}))
     return summary
+
+
+def _intensity_check(ds: Any, schemes: list[dict[str, Any]]) -> Any:
+    """The test images' quantile profiles against the training images' (semiseg.data.intensity_profile)."""
+    import numpy as np
+
+    from semiseg.data.intensity_profile import check_intensities, quantile_profile
+
+    def profile(case: str) -> Any:
+        return quantile_profile(np.stack([read_array(p)[0].astype(np.float32) for p in ds.image_paths(case)]), schemes)
+
+    return check_intensities({c: profile(c) for c in [*ds.labelled, *ds.unlabelled]}, {c: profile(c) for c in ds.test})
 
 
 def _case_mean(per_class: dict[str, dict[str, Any]]) -> float:
