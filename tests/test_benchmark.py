@@ -529,3 +529,19 @@ def test_committed_pieces_keep_their_keys_and_every_config_validates():
                 runner_for(m["method"]).check_params(m["method"], m["params"])
                 spec = MethodSpec(m.get("name", m["method"]), m["method"], m["params"])
                 assert _train_key(train_config(params, spec, 0))["method_params"] == m["params"]
+
+
+def test_diagnostics_figure_needs_a_gradient_share_and_shows_it(tmp_path):
+    """The report's diagnostics panel: drawn only when some entry logged grad_share; from a results document's curves."""
+    from semiseg.report.html import plot_diagnostics
+
+    steps = list(range(0, 300, 10))
+    lower = {"entry": "lower", "seed": 0, "curve": {"step": steps, "loss": [1.0 / (1 + s) for s in steps]}}
+    mt = {"entry": "mean-teacher", "seed": 0,
+          "curve": {"step": steps, "loss": [1.0] * len(steps), "sup": [0.5] * len(steps),
+                    "grad_share": [None if s % 50 else 0.01 for s in steps]}}
+    doc = {"entries": {"lower": {}, "mean-teacher": {}}, "runs": [lower]}
+    assert plot_diagnostics(doc, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    doc["runs"].append(mt)
+    out = plot_diagnostics(doc, tmp_path / "d.png")
+    assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -169,6 +169,59 @@ def plot_curves(doc: Mapping[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _binned(steps: Sequence[float], values: Sequence[float | None], bins: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Means of the logged values in ``bins`` equal step ranges (rows without the value skipped)."""
+    st = np.asarray(steps, dtype=float)
+    v = np.asarray([np.nan if x is None else x for x in values], dtype=float)
+    ok = np.isfinite(v)
+    if not ok.any():
+        return np.array([]), np.array([])
+    edges = np.linspace(st.min(), st.max() + 1, bins + 1)
+    idx = np.digitize(st[ok], edges) - 1
+    centres, means = [], []
+    for b in range(bins):
+        sel = idx == b
+        if sel.any():
+            centres.append(st[ok][sel].mean())
+            means.append(v[ok][sel].mean())
+    return np.asarray(centres), np.asarray(means)
+
+
+def plot_diagnostics(doc: Mapping[str, Any], path: Path) -> Path | None:
+    """Why a method helps or not, first seed of each entry: the unlabelled term's gradient norm relative to the
+    supervised one (``grad_share``: ~0 is an inert term, >>1 a runaway one) and the supervised loss beside the
+    lower bound's (a method that stops fitting its labelled cases shows it here)."""
+    first: dict[str, Mapping[str, Any]] = {}
+    for r in doc["runs"]:
+        if r.get("curve") and r["entry"] not in first:
+            first[r["entry"]] = r
+    shares = {n: r for n, r in first.items() if "grad_share" in r["curve"]}
+    if not shares:
+        return None
+    order = list(doc["entries"])
+    fig, axes = _figure(11.0, 3.8, 1, 2)
+    ax_g, ax_s = axes[0, 0], axes[0, 1]
+    for n, r in shares.items():
+        x, y = _binned(r["curve"]["step"], r["curve"]["grad_share"])
+        ax_g.plot(x, y, lw=1.3, color=_colour(n, order), label=f"{n} (seed {r['seed']})")
+    ax_g.set_yscale("log")
+    ax_g.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax_g.set_title("unlabelled / supervised gradient norm (grad_share)", fontsize=10)
+    for n, r in (({LOWER: first[LOWER]} if LOWER in first else {}) | shares).items():
+        key = "sup" if "sup" in r["curve"] else "loss"
+        if key not in r["curve"]:
+            continue
+        x, y = _binned(r["curve"]["step"], r["curve"][key])
+        ax_s.plot(x, y, lw=2.0 if n == LOWER else 1.2, ls="--" if n == LOWER else "-", color=_colour(n, order),
+                  label=f"{n} ({key})")
+    ax_s.set_title("supervised term as logged (lower bound dashed)", fontsize=10)
+    for ax in (ax_g, ax_s):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def plot_unlabelled(doc: Mapping[str, Any], path: Path) -> Path | None:
     """Dice of each entry's predictions on the unlabelled cases against their hidden labels."""
     entries = {n: e["unlabelled_dice"] for n, e in doc["entries"].items() if e.get("unlabelled_dice")}
@@ -402,6 +455,7 @@ def benchmark_section(doc: Mapping[str, Any], out: Path) -> str:
     ]
     curves = plot_curves(doc, out / f"{name}_curves.png")
     unl = plot_unlabelled(doc, out / f"{name}_unlabelled.png")
+    diag = plot_diagnostics(doc, out / f"{name}_diagnostics.png")
     thumbs, overlays_missing = overlays(doc, out, name)
     figures_missing = 0
     method_figs = []
@@ -435,6 +489,9 @@ def benchmark_section(doc: Mapping[str, Any], out: Path) -> str:
         _meta(doc), _warnings(doc), _not_on_disk_note(overlays_missing, figures_missing), gap_text, _summary_table(doc), _per_case_table(doc),
         "<h3>Dice</h3><div class='grid'>" + "".join(figs) + "</div>",
         "<h3>Training curves</h3>" + (_figure_html(curves, "training losses (binned means over steps)") if curves else "<p>no training logs</p>"),
+        ("<h3>Diagnostics</h3>" + _figure_html(diag, "left: the unlabelled loss's gradient norm over the supervised one's "
+         "(first seed; ~0: an inert term, >>1: it drowns the labels); right: the supervised term each method logs beside the "
+         "lower bound's loss (dashed), not always the same quantity (BCP's is on its pasted images, CPS's sums both nets')") if diag else ""),
         "<h3>Pseudo-label quality and uncertainty</h3>" + (
             "<div class='grid'>" + _figure_html(unl, "Dice on the unlabelled cases") + "".join(method_figs) + "</div>"
             if unl or method_figs else "<p>none shown (see the note above)</p>" if figures_missing
