@@ -138,3 +138,29 @@ def test_train_refuses_an_unknown_method_param_by_name(tmp_path: Path, capsys: p
     assert main(["--quiet", "train", str(run), "--method", "mean-teacher", "--iterations", "2",
                  "--set", "method_params.consistency=oops"]) == 2
     assert "consistency must be a number, got 'oops'" in capsys.readouterr().err
+
+
+def test_demo_config_refuses_bad_settings_naming_them() -> None:
+    from semiseg.demo import DemoConfig
+
+    for kw, msg in [({"methods": ("ad-mt",)}, "must start with the supervised baseline"),
+                    ({"methods": ("supervised", "ad-mt", "ad-mt")}, "repeat"),
+                    ({"iterations": 0}, "iterations must be >= 1"),
+                    ({"augmentation": "strong"}, "augmentation 'strong' is not a preset")]:
+        with pytest.raises(ValueError, match=msg):
+            DemoConfig(**kw)
+    assert DemoConfig(augmentation="teacher").augmentation == "teacher"
+
+
+def test_a_demo_folder_recorded_before_a_field_existed_resumes_with_its_default(tmp_path: Path) -> None:
+    """demo_config.json written before DemoConfig gained ``augmentation`` (then always flips only) still resumes."""
+    import dataclasses
+
+    from semiseg.demo import DemoConfig, _check_same_config
+
+    old = json.loads(json.dumps(dataclasses.asdict(DemoConfig())))
+    del old["augmentation"]
+    (tmp_path / "demo_config.json").write_text(json.dumps(old))
+    _check_same_config(tmp_path, DemoConfig())  # accepted
+    with pytest.raises(ValueError, match=r"other settings \(augmentation\)"):
+        _check_same_config(tmp_path, DemoConfig(augmentation="teacher"))
