@@ -26,8 +26,7 @@ from semiseg.atomic import atomic_write_text  # noqa: E402
 from semiseg.benchmark.config import load_config  # noqa: E402
 from semiseg.benchmark.results import git_commit, load_results  # noqa: E402
 from semiseg.data.dataset import RawDataset  # noqa: E402
-from semiseg.data.intensity_profile import check_intensities, quantile_profile  # noqa: E402
-from semiseg.data.io import read_array  # noqa: E402
+from semiseg.data.intensity_profile import check_dataset  # noqa: E402
 
 DEFAULT = ["benchmarks/la_ssl4_cpu.yaml", "benchmarks/chaos_ssl_cpu.yaml"]
 
@@ -48,12 +47,7 @@ def check(config: str) -> list[str]:
     ds = RawDataset.open(cfg.dataset, cfg.split)
     if {str(m).lower() for m in ds.meta["channel_names"].values()} & {"ct"}:
         raise SystemExit(f"{config}: CT normalisation needs the plan's fingerprint; this script checks MR datasets")
-    z = [{"scheme": "zscore"}] * len(ds.image_paths(ds.test[0]))
-
-    def profile(case: str) -> np.ndarray:
-        return quantile_profile(np.stack([read_array(p)[0].astype(np.float32) for p in ds.image_paths(case)]), z)
-
-    qc = check_intensities({c: profile(c) for c in [*ds.labelled, *ds.unlabelled]}, {c: profile(c) for c in ds.test})
+    qc = check_dataset(ds, [{"scheme": "zscore"}] * len(ds.image_paths(ds.test[0])))
     res_path = ROOT / "benchmarks" / "results" / f"{cfg.name}.json"
     res = load_results(res_path) if res_path.is_file() else {"runs": []}
     lower, upper = case_dice(res, "lower"), case_dice(res, "upper")
@@ -75,7 +69,7 @@ def main(argv: list[str]) -> None:
     body = [line for c in configs for line in check(c)]
     cmd = "python benchmarks/intensity_check.py" + ("" if not argv else " " + " ".join(shlex.quote(a) for a in argv))
     text = "\n".join(["# Label-free intensity check against the bounds' per-case Dice", "",
-                      f"`{cmd}` (commit {git_commit()[:12]})", "", *body])
+                      f"`{cmd}` (commit {git_commit()})", "", *body])
     print(text)
     if not argv:
         atomic_write_text(ROOT / "benchmarks" / "results" / "intensity_check.md", text)

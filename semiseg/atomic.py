@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,6 +104,8 @@ def link_or_copy(src: str | Path, dst: str | Path, how: str = "hard") -> None:
     dst = Path(dst)
     if dst.exists():
         return
+    if not Path(src).is_file():  # a symbolic link would not notice, and leave a dangling one
+        raise FileNotFoundError(f"{src}: no such file to link or copy to {dst}")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     if tmp.exists() or tmp.is_symlink():
@@ -112,7 +115,10 @@ def link_or_copy(src: str | Path, dst: str | Path, how: str = "hard") -> None:
             shutil.copyfile(src, tmp)
         else:
             try:
-                (os.link if how == "hard" else os.symlink)(src, tmp)
+                if how == "hard":
+                    os.link(src, tmp)
+                else:  # absolute: a relative target would be read from dst's folder
+                    os.symlink(os.path.abspath(src), tmp)
             except OSError:
                 shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
@@ -122,18 +128,14 @@ def link_or_copy(src: str | Path, dst: str | Path, how: str = "hard") -> None:
 
 
 def save_png(fig: Any, path: str | Path, dpi: int = 90) -> Path:
-    """Save a matplotlib figure to ``path`` through :func:`replacing` and close it if pyplot manages it (a plain
-    ``Figure`` leaves pyplot, and its global backend, untouched)."""
-    import sys
-
+    """Save a matplotlib figure to ``path`` through :func:`replacing`, then close it if pyplot manages it (a plain
+    ``Figure`` on its own canvas has no manager: pyplot, and its global backend, are never imported for it)."""
     path = Path(path)
     try:
         with replacing(path, ".png") as tmp:
             fig.savefig(tmp, format="png", dpi=dpi)
     finally:
         plt = sys.modules.get("matplotlib.pyplot")
-        if plt is not None and isinstance(fig, plt.Figure):
+        if plt is not None and getattr(getattr(fig, "canvas", None), "manager", None) is not None:
             plt.close(fig)
     return path
-
-

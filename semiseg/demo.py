@@ -64,10 +64,10 @@ class DemoConfig:
             get_method(m)  # an unknown name fails here, naming the known ones
         if self.iterations < 1:
             raise ValueError(f"demo iterations must be >= 1, got {self.iterations}")
-        from semiseg.data.augment import PRESETS
+        from semiseg.data.augment import AUGMENTATIONS
 
-        if self.augmentation not in ("none", "mirror", *PRESETS):
-            raise ValueError(f"demo augmentation '{self.augmentation}' is not a preset (choose none, mirror, {', '.join(PRESETS)})")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"demo augmentation '{self.augmentation}' is not a preset (choose {', '.join(AUGMENTATIONS)})")
 
 
 def sample_dataset() -> Path:
@@ -98,6 +98,7 @@ def _copy_cases(paths: list[Path], folder: Path) -> None:
                 shutil.copyfile(p, tmp)
 
 
+INTENSITY_FACTOR = 1.5  # a test image is flagged beyond this many times the training images' 90th-percentile distance
 _ADDED_FIELDS: dict[str, Any] = {"augmentation": "mirror"}  # DemoConfig fields newer than the first record, as they were before
 
 
@@ -107,7 +108,7 @@ def _check_same_config(out: Path, cfg: DemoConfig) -> None:
     record = out / "demo_config.json"
     mine = json.loads(json.dumps(dataclasses.asdict(cfg)))
     if record.is_file():
-        # a field added since that run was recorded held its default then (ADDED_FIELDS)
+        # a field added since that run was recorded held its value of _ADDED_FIELDS then
         theirs = {**_ADDED_FIELDS, **json.loads(record.read_text())}
         if theirs != mine:
             diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
@@ -140,6 +141,7 @@ def run_demo(out: Path, iterations: int | None = None, progress: bool = True, de
              config: DemoConfig | None = None) -> dict:
     from semiseg.config import TrainConfig
     from semiseg.data.dataset import RawDataset
+    from semiseg.data.intensity_profile import check_dataset
     from semiseg.evaluation.evaluate import evaluate_folders
     from semiseg.inference import Predictor, PredictorConfig
     from semiseg.postprocess import Pipeline
@@ -190,7 +192,7 @@ def run_demo(out: Path, iterations: int | None = None, progress: bool = True, de
 
     baseline = cfg.methods[0]
     t = time.time()
-    qc = _intensity_check(ds, run.plan.normalization)
+    qc = check_dataset(ds, run.plan.normalization, factor=INTENSITY_FACTOR)
     timings["intensity_check_s"] = time.time() - t
     report = out / "report"
     report.mkdir(exist_ok=True)
@@ -231,7 +233,7 @@ def run_demo(out: Path, iterations: int | None = None, progress: bool = True, de
         "",
         "## Test images against the training images' intensities (labels not read)",
         "Each image's 1st-99th percentiles after the plan's normalisation, against the median of the "
-        f"{len(qc.training)} training images' (labelled and unlabelled); flagged above 1.5x the 90th percentile of the "
+        f"{len(qc.training)} training images' (labelled and unlabelled); flagged above {qc.factor:g}x the 90th percentile of the "
         "training images' own distances "
         f"({qc.threshold:.3f}).",
         "",
@@ -259,18 +261,6 @@ def run_demo(out: Path, iterations: int | None = None, progress: bool = True, de
         print(f"[demo] {qc.describe(c)}")
     print(f"report: {report / 'README.md'}   timings: " + json.dumps({k: round(v, 1) for k, v in timings.items()}))
     return summary
-
-
-def _intensity_check(ds: Any, schemes: list[dict[str, Any]]) -> Any:
-    """The test images' quantile profiles against the training images' (semiseg.data.intensity_profile)."""
-    import numpy as np
-
-    from semiseg.data.intensity_profile import check_intensities, quantile_profile
-
-    def profile(case: str) -> Any:
-        return quantile_profile(np.stack([read_array(p)[0].astype(np.float32) for p in ds.image_paths(case)]), schemes)
-
-    return check_intensities({c: profile(c) for c in [*ds.labelled, *ds.unlabelled]}, {c: profile(c) for c in ds.test})
 
 
 def _case_mean(per_class: dict[str, dict[str, Any]]) -> float:

@@ -37,10 +37,18 @@ def test_link_or_copy_keeps_an_existing_target_and_refuses_unknown_kinds(tmp_pat
         link_or_copy(src, tmp_path / "x.txt", how="move")
 
 
-def test_link_or_copy_leaves_no_temporary_when_the_source_is_missing(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        link_or_copy(tmp_path / "absent.txt", tmp_path / "dst.txt", how="copy")
-    assert not (tmp_path / "dst.txt").exists() and _leftovers(tmp_path) == []
+@pytest.mark.parametrize("how", ["hard", "symbolic", "copy"])
+def test_link_or_copy_refuses_a_missing_source_and_leaves_nothing(tmp_path: Path, how: str) -> None:
+    with pytest.raises(FileNotFoundError, match="absent.txt"):
+        link_or_copy(tmp_path / "absent.txt", tmp_path / "dst.txt", how=how)
+    assert not (tmp_path / "dst.txt").is_symlink() and not (tmp_path / "dst.txt").exists() and _leftovers(tmp_path) == []
+
+
+def test_a_symbolic_link_from_a_relative_source_points_at_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "src.txt").write_text("a")
+    monkeypatch.chdir(tmp_path)
+    link_or_copy("src.txt", tmp_path / "sub" / "link.txt", how="symbolic")
+    assert (tmp_path / "sub" / "link.txt").read_text() == "a"
 
 
 def test_replacing_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:

@@ -346,3 +346,10 @@ def test_a_choice_param_outside_its_choices_is_refused_when_the_method_is_built(
     """Refused up front by name, not after a warm-up when the branch that reads it first runs."""
     with pytest.raises(ValueError, match=named):
         build(method, params)
+
+
+def test_ua_mt_records_its_dropout_as_the_kept_networks_config():
+    """The kept network's NetworkConfig (saved with the model) names the dropout it trained with."""
+    m = build("ua-mt", {"dropout": 0.5, "dropout_at": "bottleneck"})
+    assert m.inference_network_overrides == {"dropout": 0.5, "dropout_at": "bottleneck"}
+    assert any(isinstance(x, (nn.Dropout, nn.Dropout3d)) for x in m.inference_network().modules())

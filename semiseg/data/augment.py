@@ -32,6 +32,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+AUGMENTATIONS: tuple[str, ...] = ("none", "mirror", *PRESETS)  # every preset name build_augmentation accepts
+
+
 class RandContrastd(RandomizableTransform, MapTransform):
     """nnU-Net contrast: scale around the mean by a factor, then clip to the original range."""
 
@@ -69,7 +72,7 @@ def build_augmentation(preset: str, patch_size: list[int], with_label: bool = Tr
     if preset == "mirror":
         return Compose(flips)
     if preset not in PRESETS:
-        raise ValueError(f"unknown augmentation preset '{preset}' (choose {['none', 'mirror', *PRESETS]})")
+        raise ValueError(f"unknown augmentation preset '{preset}' (choose {list(AUGMENTATIONS)})")
     p = PRESETS[preset]
     rot = math.radians(30)
     anisotropic = max(patch_size) / min(patch_size) > 3

@@ -133,6 +133,7 @@ class CPS(Method):
     name = "cps"
     needs_unlabelled = True
     Params = CPSParams
+
     def __init__(self, make_net, num_classes, params, train_cfg):
         super().__init__(make_net, num_classes, params, train_cfg)
         init1, init2 = self.params.init

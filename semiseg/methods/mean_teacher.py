@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import nn
@@ -140,12 +140,15 @@ class MeanTeacher(Method):
 
     def __init__(self, make_net, num_classes, params, train_cfg):
         super().__init__(make_net, num_classes, params, train_cfg)
-        p = self.params
-        self.student = make_net(dropout=p.dropout, dropout_at=p.dropout_at)
+        self.student = make_net(**self.inference_network_overrides)
         self.teacher = copy.deepcopy(self.student)
         for q in self.teacher.parameters():
             q.requires_grad_(False)
         self.optimizers["student"] = self.sgd(self.student)
+
+    def network_overrides(self) -> dict[str, Any]:
+        """Student and teacher carry the method's dropout, so the kept network's recorded config does too."""
+        return {"dropout": self.params.dropout, "dropout_at": self.params.dropout_at}
 
     def consistency_weight(self, ctx: StepContext) -> float:
         return self.params.consistency * sigmoid_rampup(ctx.step, self.params.rampup * ctx.total_steps)

@@ -40,6 +40,7 @@ class Supervised(Method):
         self.optimizers["net"] = self.sgd(self.net)
 
     def network_overrides(self) -> dict[str, Any]:
+        """The baseline's own network (e.g. a method's light net or dropout), built and recorded as the kept one."""
         return dict(self.params.network)
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
