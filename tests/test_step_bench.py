@@ -118,3 +118,18 @@ def test_precision_and_plan_variants_are_rows_of_their_own(sb, tmp_path):
     assert got == [("", "bf16", "unet"), ("", "fp32", "unet"), ("res", "fp32", "res_unet")]
     assert all(r["ok"] for r in rows)
     assert "## tiny, res" in (tmp_path / "step_bench_cpu.md").read_text()
+
+
+def test_rows_of_an_earlier_plan_of_the_same_name_are_kept_apart(sb, tmp_path):
+    """A benchmark whose plan changed (another patch) keeps its old rows under a title of their own, never mixed
+    into the new plan's table or used as its supervised reference."""
+    plan = tmp_path / "tiny.json"
+    doc = tiny_doc()
+    plan.write_text(json.dumps(doc))
+    sb.run_all([str(plan)], "cpu", ["on"], 1, 0, 1, ["supervised", "mpl"], tmp_path, "old", precisions=["fp32"])
+    doc["plan"]["patch_size"] = [p * 2 for p in doc["plan"]["patch_size"]]
+    plan.write_text(json.dumps(doc))
+    sb.run_all([str(plan)], "cpu", ["on"], 1, 0, 1, ["supervised"], tmp_path, "new", precisions=["fp32"])
+    md = (tmp_path / "step_bench_cpu.md").read_text()
+    new, old = md.index("## tiny\n"), md.index("## tiny (an earlier plan of this name)")
+    assert new < old and "| mpl |" in md[old:] and "| mpl |" not in md[new:old]
