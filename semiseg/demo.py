@@ -8,8 +8,8 @@ baseline and semi-supervised on the same slice, training curves, and a label-fre
 images whose intensities are unlike the training images' (semiseg.data.intensity_profile). Every stage resumes, so a second run
 finishes quickly. The sample is CC BY-NC-SA 4.0 (see its LICENSE.txt).
 
-The semi-supervised method is AD-MT, the best of our LA-SSL-4 benchmark over 3 seeds so far
-(benchmarks/results/la_ssl4_cpu.json: 0.850 against supervised 0.641; UniMatch has 0.862 on seed 0 alone).
+The semi-supervised method is AD-MT, tied best with UniMatch on our LA-SSL-4 benchmark over 3 seeds
+(benchmarks/results/la_ssl4_cpu.json: 0.850 and 0.854 against supervised 0.641) at half UniMatch's step cost.
 """
 from __future__ import annotations
 
