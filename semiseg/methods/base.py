@@ -51,7 +51,7 @@ class Method(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.params: Any = self.parse_params(params)
-        # NetworkConfig fields of the kept network where it differs from the plan's (DLUNet's light net)
+        # NetworkConfig fields of the networks (and the kept one) where they differ from the plan's: network_overrides()
         self.inference_network_overrides: dict[str, Any] = self.network_overrides()
         self.cfg = train_cfg
         self.make_net = make_net

@@ -169,22 +169,10 @@ def plot_curves(doc: Mapping[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _binned(steps: Sequence[float], values: Sequence[float | None], bins: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """Means of the logged values in ``bins`` equal step ranges (rows without the value skipped)."""
-    st = np.asarray(steps, dtype=float)
-    v = np.asarray([np.nan if x is None else x for x in values], dtype=float)
-    ok = np.isfinite(v)
-    if not ok.any():
-        return np.array([]), np.array([])
-    edges = np.linspace(st.min(), st.max() + 1, bins + 1)
-    idx = np.digitize(st[ok], edges) - 1
-    centres, means = [], []
-    for b in range(bins):
-        sel = idx == b
-        if sel.any():
-            centres.append(st[ok][sel].mean())
-            means.append(v[ok][sel].mean())
-    return np.asarray(centres), np.asarray(means)
+def _logged(curve: Mapping[str, Any], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) where ``key`` was logged; results curves are already binned means (harness.downsample_history)."""
+    pairs = [(st, v) for st, v in zip(curve["step"], curve[key]) if v is not None]
+    return [st for st, _ in pairs], [v for _, v in pairs]
 
 
 def plot_diagnostics(doc: Mapping[str, Any], path: Path) -> Path | None:
@@ -202,7 +190,7 @@ def plot_diagnostics(doc: Mapping[str, Any], path: Path) -> Path | None:
     fig, axes = _figure(11.0, 3.8, 1, 2)
     ax_g, ax_s = axes[0, 0], axes[0, 1]
     for n, r in shares.items():
-        x, y = _binned(r["curve"]["step"], r["curve"]["grad_share"])
+        x, y = _logged(r["curve"], "grad_share")
         ax_g.plot(x, y, lw=1.3, color=_colour(n, order), label=f"{n} (seed {r['seed']})")
     ax_g.set_yscale("log")
     ax_g.axhline(1.0, color="grey", lw=0.8, ls=":")
@@ -211,7 +199,7 @@ def plot_diagnostics(doc: Mapping[str, Any], path: Path) -> Path | None:
         key = "sup" if "sup" in r["curve"] else "loss"
         if key not in r["curve"]:
             continue
-        x, y = _binned(r["curve"]["step"], r["curve"][key])
+        x, y = _logged(r["curve"], key)
         ax_s.plot(x, y, lw=2.0 if n == LOWER else 1.2, ls="--" if n == LOWER else "-", color=_colour(n, order),
                   label=f"{n} ({key})")
     ax_s.set_title("supervised term as logged (lower bound dashed)", fontsize=10)
