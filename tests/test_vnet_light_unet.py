@@ -129,3 +129,46 @@ def test_unet_bottleneck_dropout_is_mc_dropout_and_survives_a_teacher_copy():
         build_network(NetworkConfig(features=[4, 8, 16], dropout=0.5, dropout_at="everywhere"), 1, 3)
     with pytest.raises(ValueError, match="unet only"):
         build_network(NetworkConfig(arch="vnet", features=[4], dropout=0.5, dropout_at="blocks"), 1, 3)
+
+
+def test_cpu_depthwise_path_is_the_same_conv_in_fp32_channels_last():
+    """The CPU fast path of the depthwise conv (fp32, channels-last, outside autocast) computes what the
+    conv computes, keeps fp32 under bf16 autocast, and leaves the network's logits contiguous."""
+    from semiseg.networks.light_unet import depthwise_conv
+
+    torch.manual_seed(0)
+    conv = nn.Conv3d(4, 4, 3, padding=1, groups=4, bias=False)
+    x = torch.randn(2, 4, 6, 8, 8)
+    assert torch.allclose(depthwise_conv(conv, x), conv(x), atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = depthwise_conv(conv, x.bfloat16())
+        plain = conv(x)
+    assert out.dtype == torch.float32 and plain.dtype == torch.bfloat16
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    # gradients reach the weights and the input through the format change
+    x.requires_grad_(True)
+    depthwise_conv(conv, x).square().sum().backward()
+    assert conv.weight.grad is not None and x.grad is not None and x.grad.abs().sum() > 0
+    net = build_network(NetworkConfig(arch="light_res_unet", features=[4, 8, 16]), 1, 2).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = net(torch.randn(2, 1, 8, 16, 16))
+    assert logits.is_contiguous() and logits.shape == (2, 2, 8, 16, 16)
+
+
+def test_light_unet_exports_to_onnx_with_the_cpu_depthwise_path(tmp_path):
+    """The light net is the one people deploy: its ONNX graph (through the fp32/channels-last depthwise path)
+    gives torch's logits."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(arch="light_res_unet", features=[4, 8, 16]), 1, 2).eval()
+    x = torch.randn(2, 1, 8, 16, 16)
+    path = tmp_path / "light.onnx"
+    import warnings
+
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"], output_names=["logits"])
+        ref = net(x).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    assert abs(got - ref).max() < 1e-4
