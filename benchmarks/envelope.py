@@ -1,10 +1,9 @@
 """The compute envelope of the headline tables (issue 15): what the bounds and methods cost, measured where
 they have run and estimated where they have not, in hours of the machine's cores.
 
-Each (entry, seed) of a table costs its recorded training wall time plus its test prediction
-(``train.wall_time_s`` / ``models_wall_time_s`` and ``predict.wall_time_s`` in the results file; runs are one
-thread each, side by side, so one run's wall time is one core's time). Where it has not run, the estimate is,
-in order:
+Each (entry, seed) of a table costs its training's CPU time plus its test prediction (:func:`run_seconds`;
+runs are one thread each, two side by side on the two cores, so CPU time is core time; the recorded wall times
+are summed too, as a second total). Where it has not run, the estimate is, in order:
 
 1. the mean over the finished runs of the entry and of its tuning siblings (the same method and network, such
    as ``cps`` beside ``cps-scaled``: the same step, other weights; pooled, since runs of one step cost differ
@@ -56,10 +55,28 @@ class Cost:
     basis: str
 
 
-def run_seconds(run: dict[str, Any]) -> float:
-    """A finished piece's cost: training (every model of a multi-model method) plus test prediction."""
+BASES = ("cpu", "wall")
+
+
+def run_seconds(run: dict[str, Any], basis: str = "cpu") -> float:
+    """A finished piece's cost: training (every model of a multi-model method) plus test prediction.
+
+    ``cpu``: the CPU time the training's process tree used (``auc_cpu_percent_s`` / 100, its data worker
+    included), i.e. its cost when the cores are kept busy; runs that met a third process on the two cores
+    took up to 2.6x longer in wall time for the same CPU time (mean-teacher seed 0: 2033 s wall, 766 s CPU).
+    A multi-model run's models (some trained in earlier sessions) are costed at their wall time times the
+    core share its measured session got. ``wall``: the recorded wall times as they are."""
+    if basis not in BASES:
+        raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
     train = run.get("train") or {}
-    t = max(float(train.get("wall_time_s") or 0.0), float(train.get("models_wall_time_s") or 0.0))
+    wall = float(train.get("wall_time_s") or 0.0)
+    models = float(train.get("models_wall_time_s") or 0.0)
+    t = max(wall, models)
+    auc = train.get("auc_cpu_percent_s")
+    if basis == "cpu" and auc is not None:
+        session = float(train.get("wall_time_this_session_s") or wall or 0.0)
+        share = (float(auc) / 100.0) / session if session > 0 else 1.0
+        t = float(auc) / 100.0 if models <= wall else models * share
     return t + float((run.get("predict") or {}).get("wall_time_s") or 0.0)
 
 
@@ -106,19 +123,19 @@ def mean(xs: Sequence[float]) -> float:
 
 
 class Estimator:
-    def __init__(self, cfg: BenchmarkConfig, sibling: "Estimator | None" = None):
-        self.cfg, self.sibling = cfg, sibling
+    def __init__(self, cfg: BenchmarkConfig, sibling: "Estimator | None" = None, basis: str = "cpu"):
+        self.cfg, self.sibling, self.basis = cfg, sibling, basis
         self.runs = finished_runs(cfg)
         self.steps = step_costs(cfg)
         self.round0_counted: set[int] = set()
         lower = list(self.runs.get("lower", {}).values())
         if not lower:
             raise SystemExit(f"{cfg.results_file}: no finished lower-bound run to cost the others against")
-        self.lower_s = mean([run_seconds(r) for r in lower])
+        self.lower_s = mean([run_seconds(r, basis) for r in lower])
         self.predict_per_case_s = mean([float(r["predict"]["wall_time_s"]) / max(1, len(cfg.split["test"])) for r in lower])
 
     def measured(self, name: str) -> list[float]:
-        return [run_seconds(r) for r in self.runs.get(name, {}).values()]
+        return [run_seconds(r, self.basis) for r in self.runs.get(name, {}).values()]
 
     def pooled(self, spec: MethodSpec) -> tuple[list[float], list[str]]:
         """Finished runs of the entry and of its tuning siblings (same method and network)."""
@@ -177,7 +194,7 @@ class Estimator:
 
     def cost(self, spec: MethodSpec) -> Cost:
         done = self.runs.get(spec.name, {})
-        measured = sum(run_seconds(r) for r in done.values())
+        measured = sum(run_seconds(r, self.basis) for r in done.values())
         todo = [s for s in self.cfg.seeds if s not in done]
         if spec.method in SELF_TRAINING:
             for s in done:
@@ -205,15 +222,20 @@ def table(est: Estimator, names: Sequence[str]) -> tuple[list[Cost], float, floa
     return costs, sum(c.measured_s for c in costs), sum(c.estimated_s for c in costs)
 
 
-def markdown(tables: list[tuple[BenchmarkConfig, list[Cost], float, float]], cores: int, limit_h: float | None, command: str) -> str:
+Table = tuple[BenchmarkConfig, list[Cost], float, float]
+
+
+def markdown(tables: list[Table], cores: int, limit_h: float | None, command: str, wall: list[Table] | None = None) -> str:
+    """The CPU-time tables with the verdict, then (``wall``) the same totals on recorded wall time."""
     lines = ["# Compute envelope of the headline tables", "",
-             f"Hours of one core (each run is one thread); the machine has {cores} cores, so its wall time is that / {cores}.",
-             "Measured: finished runs' training + test prediction from the results files. Estimated: see each row's basis",
-             "(`benchmarks/envelope.py`'s docstring has the rules). Written by:", "", f"    {command}", ""]
+             f"Core-hours of CPU time (each run is one thread plus its data worker); the machine has {cores} cores, so kept",
+             f"busy it takes that / {cores} hours. Measured: finished runs' training CPU time + test prediction, from the",
+             "results files. Estimated: see each row's basis (`benchmarks/envelope.py`'s docstring has the rules). Written by:",
+             "", f"    {command}", ""]
     grand_m = grand_e = 0.0
     for cfg, costs, m, e in tables:
         lines += [f"## {cfg.name} ({len(cfg.seeds)} seeds, {cfg.budget.iterations} steps)", "",
-                  "| entry | seeds finished | measured h | still to run h | basis of the estimate |", "|---|---|---:|---:|---|"]
+                  "| entry | seeds finished | measured core-h | still to run core-h | basis of the estimate |", "|---|---|---:|---:|---|"]
         for c in costs:
             lines.append(f"| {c.entry} | {','.join(map(str, c.seeds_done)) or '-'} | {c.measured_s / 3600:.2f} | {c.estimated_s / 3600:.2f} | {c.basis} |")
         lines += [f"| **total** | | **{m / 3600:.1f}** | **{e / 3600:.1f}** | {(m + e) / 3600:.1f} core-h = {(m + e) / 3600 / cores:.1f} h of the {cores} cores |", ""]
@@ -224,7 +246,23 @@ def markdown(tables: list[tuple[BenchmarkConfig, list[Cost], float, float]], cor
         verdict = f" against the {limit_h:g} h allowed: **{'within' if total_h <= limit_h else 'over'}** by {abs(limit_h - total_h):.1f} h"
     lines += [f"**All tables: {(grand_m + grand_e) / 3600:.1f} core-h ({grand_m / 3600:.1f} measured, {grand_e / 3600:.1f} estimated) ="
               f" {total_h:.1f} h of the {cores} cores**{verdict}.", ""]
+    if wall:
+        parts = [f"{cfg.name} {(m + e) / 3600 / cores:.1f} h ({m / 3600 / cores:.1f} measured)" for cfg, _, m, e in wall]
+        total = sum(m + e for _, _, m, e in wall) / 3600 / cores
+        lines += [f"On the recorded wall times instead (runs that shared the cores with a third process took longer for the same"
+                  f" work): {', '.join(parts)}; {total:.1f} h in all.", ""]
     return "\n".join(lines)
+
+
+def tables_for(specs: Sequence[Sequence[str]], basis: str) -> list[Table]:
+    out: list[Table] = []
+    first: Estimator | None = None
+    for spec in specs:
+        est = Estimator(load_config(spec[0]), sibling=first, basis=basis)
+        first = first or est
+        costs, m, e = table(est, spec[1:])
+        out.append((est.cfg, costs, m, e))
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -235,18 +273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--limit-h", type=float, default=None, help="the envelope to judge against, hours of the cores")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "envelope_cpu.md")
     args = ap.parse_args(argv)
-    tables = []
-    first: Estimator | None = None
     for spec in args.table:
         if len(spec) < 2:
             ap.error(f"--table {spec[0]}: name the entries of its table after the config")
-        est = Estimator(load_config(spec[0]), sibling=first)
-        first = first or est
-        costs, m, e = table(est, spec[1:])
-        tables.append((est.cfg, costs, m, e))
     argv_shown = list(argv) if argv is not None else sys.argv[1:]
     command = "python benchmarks/envelope.py " + " ".join(shlex.quote(a) for a in argv_shown)
-    text = markdown(tables, args.cores, args.limit_h, command)
+    text = markdown(tables_for(args.table, "cpu"), args.cores, args.limit_h, command, wall=tables_for(args.table, "wall"))
     atomic_write_text(args.out, text + "\n")
     print(text)
     return 0

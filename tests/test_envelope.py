@@ -89,3 +89,13 @@ def test_markdown_states_the_command_and_the_verdict(env, tmp_path):
     costs, m, e = env.table(est, ["lower"])
     text = env.markdown([(est.cfg, costs, m, e)], cores=2, limit_h=1.0, command="python benchmarks/envelope.py X")
     assert "python benchmarks/envelope.py X" in text and "3.0 core-h" in text and "**over** by 0.5 h" in text
+
+
+def test_cpu_basis_counts_the_cpu_a_run_used_not_the_wall_time_it_waited(env):
+    contended = run("mt", 0, 2000, 10, auc_cpu_percent_s=80000.0)  # 800 CPU-s over 2000 s: it met a third process
+    assert env.run_seconds(contended, "cpu") == pytest.approx(810) and env.run_seconds(contended, "wall") == pytest.approx(2010)
+    # a multi-model run resumed in a later session: its models' wall time at the core share of the measured session
+    resumed = run("uncertainty", 0, 500, 0, wall_time_this_session_s=500, models_wall_time_s=3000, auc_cpu_percent_s=25000.0)
+    assert env.run_seconds(resumed, "cpu") == pytest.approx(3000 * 0.5)
+    with pytest.raises(ValueError, match="basis"):
+        env.run_seconds(contended, "gpu")
