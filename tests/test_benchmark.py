@@ -545,3 +545,31 @@ def test_diagnostics_figure_needs_a_gradient_share_and_shows_it(tmp_path):
     doc["runs"].append(mt)
     out = plot_diagnostics(doc, tmp_path / "d.png")
     assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_self_training_rounds_are_a_table_in_the_readme_and_the_report(bench, tmp_path):
+    """Issue 16: pseudo-label Dice and the selection score's Spearman rho per round, from the quality files a
+    self-training run leaves, as a table (not a JSON dump), sorted by entry, seed and round."""
+    from semiseg.benchmark.readme_table import table_for
+    from semiseg.benchmark.results import pseudo_label_rounds
+    from semiseg.report.html import write_report
+
+    doc = json.loads(bench["results"].read_text())
+    run = next(r for r in doc["runs"] if r["entry"] == "mean-teacher")
+    q = {"n": 4, "n_selected": 1, "mean_dice": 0.5, "mean_dice_selected": 0.9, "mean_dice_rejected": 0.3667,
+         "spearman_rho": 0.8, "p_value": 0.0004, "per_case_dice": {"a": 0.9}}
+    run["pseudo_label_quality"] = {"selftrain_uncertainty/round_1/quality.json": {**q, "n_selected": 2, "p_value": 0.2},
+                                   "selftrain_uncertainty/round_0/quality.json": q,
+                                   "selftrain_uncertainty/final/other.json": {"x": 1}}  # not a round's quality file
+    rows = pseudo_label_rounds(doc["runs"])
+    assert [(r["entry"], r["round"], r["n_selected"]) for r in rows] == [("mean-teacher", "round_0", 1), ("mean-teacher", "round_1", 2)]
+    lines = table_for(doc, "x.json").splitlines()
+    assert "| mean-teacher | 0 | round_0 | 1/4 | 0.500 / 0.900 / 0.367 | 0.80 (<0.001) |" in lines
+    assert "| mean-teacher | 0 | round_1 | 2/4 | 0.500 / 0.900 / 0.367 | 0.80 (0.200) |" in lines
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(doc))
+    page = write_report([path], tmp_path / "report").read_text()
+    section = page.split("<h3>Pseudo-label quality and uncertainty</h3>")[1]
+    assert section.count("<td>round_") == 2 and "per_case_dice" not in section
+    # without quality files there is no table
+    assert "Self-training rounds" not in table_for(json.loads(bench["results"].read_text()), "x.json")

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from semiseg.benchmark.config import LOWER, UPPER, repo_root
 from semiseg.benchmark.paired import format_diff, format_p
-from semiseg.benchmark.results import cpu_model_text, load_results
+from semiseg.benchmark.results import cpu_model_text, load_results, pseudo_label_rounds
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -96,7 +96,26 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
                  "and regularisation (e.g. UA-MT's dropout)." if own else "")
               + (f" Post-processing: `{json.dumps(b.get('postprocess'))}`" + (
                   f"; supervised gap after it {gap_pp['of_means']:.3f}" if gap_pp.get("of_means") is not None else "") + "." if pp else "")]
+    lines += rounds_table(runs)
     return "\n".join(lines)
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def rounds_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Self-training rounds: selection and pseudo-label quality (empty when no run left quality files)."""
+    rows = pseudo_label_rounds(runs)
+    if not rows:
+        return []
+    out = ["", "Self-training rounds (pseudo-labels of the unlabelled cases scored against their hidden labels, for evaluation only):", "",
+           "| entry | seed | round | selected | pseudo-label Dice: all / selected / rejected | Spearman ρ, selection score vs Dice (p) |",
+           "|---|---:|---|---:|---|---:|"]
+    for r in rows:
+        out.append(f"| {r['entry']} | {r['seed']} | {r['round']} | {r['n_selected']}/{r['n']} | {_f(r['mean_dice'])} / "
+                   f"{_f(r['mean_dice_selected'])} / {_f(r['mean_dice_rejected'])} | {_f(r['spearman_rho'], 2)} ({format_p({'wilcoxon_p': r['p_value']})}) |")
+    return out
 
 
 def render(results: Sequence[Path], root: Path) -> str:

@@ -173,6 +173,24 @@ def aggregate_entry(pieces: Sequence[Mapping[str, Any]], postprocess: Sequence[M
     return out
 
 
+def pseudo_label_rounds(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per self-training round of each run: how many unlabelled cases were selected, the pseudo-labels' Dice
+    against the hidden labels (all, selected, rejected; evaluation only, never seen by training) and the Spearman
+    rho of the selection score with that Dice (issue 16: is the uncertainty telling good pseudo-labels from bad?).
+    Read from the quality files a run left (``pseudo_label_quality``: ``.../<round>/quality.json``)."""
+    rows: list[dict[str, Any]] = []
+    for r in runs:
+        for where, q in sorted((r.get("pseudo_label_quality") or {}).items()):
+            if not isinstance(q, Mapping) or "mean_dice" not in q:
+                continue
+            parts = Path(where).parts
+            rows.append({"entry": r["entry"], "seed": int(r["seed"]), "round": parts[-2] if len(parts) >= 2 else where,
+                         "n": q.get("n"), "n_selected": q.get("n_selected"), "mean_dice": _num(q.get("mean_dice")),
+                         "mean_dice_selected": _num(q.get("mean_dice_selected")), "mean_dice_rejected": _num(q.get("mean_dice_rejected")),
+                         "spearman_rho": _num(q.get("spearman_rho")), "p_value": _num(q.get("p_value"))})
+    return sorted(rows, key=lambda x: (x["entry"], x["seed"], x["round"]))
+
+
 def _dice_by_seed(entry: Mapping[str, Any], suffix: str = "") -> dict[str, float | None]:
     return {s: v["foreground"]["DSC"] for s, v in entry["per_seed" + suffix].items()}
 

@@ -21,7 +21,7 @@ import numpy as np
 from semiseg.atomic import atomic_write_text, save_png
 from semiseg.benchmark.config import LOWER, UPPER
 from semiseg.benchmark.paired import format_diff, format_p
-from semiseg.benchmark.results import cpu_model_text, load_results
+from semiseg.benchmark.results import cpu_model_text, load_results, pseudo_label_rounds
 from semiseg.benchmark.thumbnails import best_and_worst, case_files
 
 _COLOURS = {LOWER: "#7f7f7f", UPPER: "#2f2f2f"}
@@ -307,6 +307,26 @@ def _paired_cells(name: str, c: Mapping[str, Any] | None) -> list[str]:
     return [format_diff(c), format_p(c)]
 
 
+def _rounds_html(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Self-training rounds of every seed: selection, pseudo-label Dice (all / selected / rejected), Spearman rho."""
+    rows = pseudo_label_rounds(runs)
+    if not rows:
+        return ""
+
+    def f(x: float | None, d: int = 3) -> str:
+        return "n/a" if x is None else f"{x:.{d}f}"
+
+    body = "".join(
+        f"<tr><td>{html.escape(r['entry'])}</td><td>{r['seed']}</td><td>{html.escape(str(r['round']))}</td>"
+        f"<td>{r['n_selected']}/{r['n']}</td><td>{f(r['mean_dice'])}</td><td>{f(r['mean_dice_selected'])}</td>"
+        f"<td>{f(r['mean_dice_rejected'])}</td><td>{f(r['spearman_rho'], 2)} ({format_p({'wilcoxon_p': r['p_value']})})</td></tr>"
+        for r in rows)
+    return ("<p>Self-training rounds: the pseudo-labels of the unlabelled cases scored against their hidden labels "
+            "(evaluation only; training never reads them).</p><table><tr><th>entry</th><th>seed</th><th>round</th><th>selected</th>"
+            "<th>pseudo-label Dice</th><th>selected</th><th>rejected</th><th>Spearman &rho;, selection score vs Dice (p)</th></tr>"
+            + body + "</table>")
+
+
 def _summary_table(doc: Mapping[str, Any]) -> str:
     """Narrow tables (accuracy, paired with the lower bound, after post-processing, cost) rather than one wider than the page."""
     pp = any("foreground_postprocessed" in e for e in doc["entries"].values())
@@ -458,10 +478,6 @@ def benchmark_section(doc: Mapping[str, Any], out: Path) -> str:
                 method_figs.append(_figure_html(p, f"{r['entry']} seed {r['seed']}: {p.parent.name}/{p.name}"))
             else:
                 figures_missing += 1
-        for where, q in (r.get("pseudo_label_quality") or {}).items():
-            brief = {k: v for k, v in q.items() if not isinstance(v, (dict, list))} if isinstance(q, dict) else q
-            method_figs.append(f"<figure><pre>{html.escape(json.dumps(brief, indent=1))}</pre>"
-                               f"<figcaption>{html.escape(r['entry'])} seed {r['seed']}: {html.escape(where)}</figcaption></figure>")
     gap_text = ""
     if gap.get("available"):
         gap_text = (f"<p>Supervised gap (upper - lower, mean foreground Dice): <b>{_fmt(gap.get('of_means'))}</b>"
@@ -480,7 +496,7 @@ def benchmark_section(doc: Mapping[str, Any], out: Path) -> str:
         ("<h3>Diagnostics</h3>" + _figure_html(diag, "left: the unlabelled loss's gradient norm over the supervised one's "
          "(first seed; ~0: an inert term, >>1: it drowns the labels); right: the supervised term each method logs beside the "
          "lower bound's loss (dashed), not always the same quantity (BCP's is on its pasted images, CPS's sums both nets')") if diag else ""),
-        "<h3>Pseudo-label quality and uncertainty</h3>" + (
+        "<h3>Pseudo-label quality and uncertainty</h3>" + _rounds_html(doc["runs"]) + (
             "<div class='grid'>" + _figure_html(unl, "Dice on the unlabelled cases") + "".join(method_figs) + "</div>"
             if unl or method_figs else "<p>none shown (see the note above)</p>" if figures_missing
             else "<p>none of these methods produced pseudo-label or uncertainty figures "
