@@ -268,6 +268,14 @@ def test_selftrain_entry_runs_through_the_pipeline(bench):
     seed_dir = bench["base"] / "work" / "regime" / "models" / "unfiltered" / "seed_0"
     assert (seed_dir / "cache").resolve() == (bench["base"] / "work" / "regime" / "cache").resolve()  # shared preprocessing
     assert any("uncertainty" in f for f in run["figures"])
+    # a second self-training entry of the seed takes the round-0 fold models from the shared store: their time
+    # stays with the entry that trained them
+    cfg2 = config_from_dict(raw_config(bench["data"], bench["base"], name="tiny_self", seeds=[0],
+                                       methods=[{"method": "unfiltered", "params": {"k": 2, "rounds": 1}},
+                                                {"name": "unfiltered-again", "method": "unfiltered", "params": {"k": 2, "rounds": 1, "predict_step": 0.6}}]))
+    doc = json.loads(run_benchmark(cfg2, only=["unfiltered-again"], device="cpu", progress=False).read_text())
+    again = next(r for r in doc["runs"] if r["entry"] == "unfiltered-again")["train"]
+    assert again["models_shared"] == 2 and again["models_trained"] == 1  # its own final model only
 
 
 def test_readme_table_leaves_out_other_json(bench, tmp_path):
@@ -558,11 +566,13 @@ def test_self_training_rounds_are_a_table_in_the_readme_and_the_report(bench, tm
     run = next(r for r in doc["runs"] if r["entry"] == "mean-teacher")
     q = {"n": 4, "n_selected": 1, "mean_dice": 0.5, "mean_dice_selected": 0.9, "mean_dice_rejected": 0.3667,
          "spearman_rho": 0.8, "p_value": 0.0004, "per_case_dice": {"a": 0.9}}
-    run["pseudo_label_quality"] = {"selftrain_uncertainty/round_1/quality.json": {**q, "n_selected": 2, "p_value": 0.2},
+    run["pseudo_label_quality"] = {"selftrain_uncertainty/round_10/quality.json": {**q, "n_selected": 3},
+                                   "selftrain_uncertainty/round_1/quality.json": {**q, "n_selected": 2, "p_value": 0.2},
                                    "selftrain_uncertainty/round_0/quality.json": q,
                                    "selftrain_uncertainty/final/other.json": {"x": 1}}  # not a round's quality file
     rows = pseudo_label_rounds(doc["runs"])
-    assert [(r["entry"], r["round"], r["n_selected"]) for r in rows] == [("mean-teacher", "round_0", 1), ("mean-teacher", "round_1", 2)]
+    assert [(r["entry"], r["round"], r["n_selected"]) for r in rows] == [
+        ("mean-teacher", "round_0", 1), ("mean-teacher", "round_1", 2), ("mean-teacher", "round_10", 3)]  # in round order
     lines = table_for(doc, "x.json").splitlines()
     assert "| mean-teacher | 0 | round_0 | 1/4 | 0.500 / 0.900 / 0.367 | 0.80 (<0.001) |" in lines
     assert "| mean-teacher | 0 | round_1 | 2/4 | 0.500 / 0.900 / 0.367 | 0.80 (0.200) |" in lines
@@ -570,6 +580,6 @@ def test_self_training_rounds_are_a_table_in_the_readme_and_the_report(bench, tm
     path.write_text(json.dumps(doc))
     page = write_report([path], tmp_path / "report").read_text()
     section = page.split("<h3>Pseudo-label quality and uncertainty</h3>")[1]
-    assert section.count("<td>round_") == 2 and "per_case_dice" not in section
+    assert section.count("<td>round_") == 3 and "per_case_dice" not in section
     # without quality files there is no table
     assert "Self-training rounds" not in table_for(json.loads(bench["results"].read_text()), "x.json")

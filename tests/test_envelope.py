@@ -99,3 +99,29 @@ def test_cpu_basis_counts_the_cpu_a_run_used_not_the_wall_time_it_waited(env):
     assert env.run_seconds(resumed, "cpu") == pytest.approx(3000 * 0.5)
     with pytest.raises(ValueError, match="basis"):
         env.run_seconds(contended, "gpu")
+
+
+def test_resumed_and_earlier_trained_runs_keep_their_whole_training(env):
+    # resumed: 1000 s of wall over all sessions, the last session 400 s at half a core -> 500 CPU-s
+    resumed = run("ua-mt", 0, 1000, 0, wall_time_this_session_s=400, auc_cpu_percent_s=20000.0, resumed_from_step=500, steps=3000)
+    assert env.run_seconds(resumed, "cpu") == pytest.approx(500)
+    # trained in an earlier session (nothing measured now): its logged wall time stands
+    earlier = run("ua-mt", 1, 1000, 0, wall_time_this_session_s=1000, auc_cpu_percent_s=100.0, resumed_from_step=3000, steps=3000)
+    assert env.run_seconds(earlier, "cpu") == pytest.approx(1000)
+
+
+def test_same_load_rows_win_over_plain_rows_and_round0_needs_the_same_k(env, tmp_path):
+    sb = json.loads(env.STEP_BENCH.read_text())
+    row = {"precision": "bf16", "ok": True, "patch_size": [8, 16, 16], "arch": "res_unet", "features": [4, 8], "benchmark": "tiny"}
+    sb["rows"] += [{**row, "entry": "dlunet", "variant": "same-load-y", "s_per_step_median": 0.8},
+                   {**row, "entry": "supervised", "variant": "same-load-y", "s_per_step_median": 0.2}]
+    env.STEP_BENCH.write_text(json.dumps(sb))
+    cfg = config(tmp_path, "tiny", [run("lower", 0, 100, 0)])
+    cfg.methods.append(MethodSpec("noisy-k3", "noisy-student", {"k": 3}))
+    est = env.Estimator(cfg)
+    costs = {c.entry: c for c in env.table(est, ["dlunet", "uncertainty", "noisy-student", "noisy-k3"])[0]}
+    assert costs["dlunet"].estimated_s == pytest.approx(3 * 4.0 * 100) and "same-load-y" in costs["dlunet"].basis  # not the plain 5x
+    assert "round 0 shared" in costs["noisy-student"].basis  # k 2, as uncertainty's
+    assert "round 0 counted here" in costs["noisy-k3"].basis  # k 3: other folds, other models
+    # a second call costs the same (the round-0 bookkeeping starts afresh)
+    assert [c.estimated_s for c in env.table(est, ["uncertainty", "noisy-student"])[0]] == [costs["uncertainty"].estimated_s, costs["noisy-student"].estimated_s]

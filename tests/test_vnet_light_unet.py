@@ -144,11 +144,19 @@ def test_cpu_depthwise_path_is_the_same_conv_in_fp32_channels_last():
         out = depthwise_conv(conv, x.bfloat16())
         plain = conv(x)
     assert out.dtype == torch.float32 and plain.dtype == torch.bfloat16
+    assert torch.allclose(out, conv(x.bfloat16().float()), atol=1e-5)  # fp32 arithmetic on the bf16 input
     assert out.is_contiguous(memory_format=torch.channels_last_3d)
-    # gradients reach the weights and the input through the format change
+    # gradients through the format change equal the plain conv's
     x.requires_grad_(True)
     depthwise_conv(conv, x).square().sum().backward()
-    assert conv.weight.grad is not None and x.grad is not None and x.grad.abs().sum() > 0
+    got_x, got_w = x.grad.clone(), conv.weight.grad.clone()
+    x.grad, conv.weight.grad = None, None
+    conv(x).square().sum().backward()
+    assert torch.allclose(got_x, x.grad, atol=1e-4) and torch.allclose(got_w, conv.weight.grad, atol=1e-3)
+    # a model cast to another dtype (bf16 inference, double for gradcheck) runs the conv in that dtype
+    for dtype in (torch.bfloat16, torch.float64):
+        cast = nn.Conv3d(4, 4, 3, padding=1, groups=4, bias=False).to(dtype)
+        assert depthwise_conv(cast, x.detach().to(dtype)).dtype == dtype
     net = build_network(NetworkConfig(arch="light_res_unet", features=[4, 8, 16]), 1, 2).eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits = net(torch.randn(2, 1, 8, 16, 16))
@@ -156,8 +164,8 @@ def test_cpu_depthwise_path_is_the_same_conv_in_fp32_channels_last():
 
 
 def test_light_unet_exports_to_onnx_with_the_cpu_depthwise_path(tmp_path):
-    """The light net is the one people deploy: its ONNX graph (through the fp32/channels-last depthwise path)
-    gives torch's logits."""
+    """The light net is the one people deploy: the export takes the plain depthwise conv (ONNX has no memory
+    formats; without that guard the exporter refuses), and its graph gives the CPU fast path's logits."""
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)

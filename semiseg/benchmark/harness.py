@@ -244,15 +244,24 @@ def _train(cfg: BenchmarkConfig, layout: Layout, entry: MethodSpec, seed: int, d
 
 
 def _models_time(out: Path) -> dict[str, Any]:
-    """Training time of every model a multi-model method (self-training: fold ensembles, students) left in
+    """Training time of every model a multi-model method (self-training: fold ensembles, students) trained in
     ``out``, from each model's own log (which spans all the sessions of a resumed training). The measured
-    ``wall_time_s`` covers only this invocation and leaves out fold models shared with another method of the
-    same seed; this is the method's whole training cost."""
+    ``wall_time_s`` covers only this invocation; this is the method's whole training cost. Models taken from
+    the shared store (``shared_from`` in their manifest: round-0 folds another method of the seed trained
+    first) are counted apart, so that their time is not paid twice."""
+    from semiseg.selftrain.pipeline import MANIFEST_FILE
+
     logs = sorted(out.rglob("log.json"))
     if len(logs) <= 1:
         return {}
-    times = [json.loads(p.read_text()).get("wall_time_s") for p in logs]
-    return {"models_trained": len(logs), "models_wall_time_s": float(sum(t for t in times if t is not None))}
+    own, shared = [], 0
+    for p in logs:
+        manifest = p.parent / MANIFEST_FILE
+        if manifest.is_file() and "shared_from" in json.loads(manifest.read_text()):
+            shared += 1
+            continue
+        own.append(json.loads(p.read_text()).get("wall_time_s"))
+    return {"models_trained": len(own), "models_shared": shared, "models_wall_time_s": float(sum(t for t in own if t is not None))}
 
 
 def _predict_and_score(cfg: BenchmarkConfig, model: Path, images: Path, labels: Path, pred_dir: Path, out_file: Path,

@@ -96,6 +96,15 @@ def format_diff(c: Mapping[str, Any] | None, digits: int = 3) -> str:
 
 
 def format_p(c: Mapping[str, Any] | None) -> str:
-    """The Wilcoxon p for tables: three decimals, ``<0.001`` below that, ``n/a`` when no test was possible."""
-    p = (c or {}).get("wilcoxon_p")
-    return "n/a" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+    """The Wilcoxon p of a paired comparison for tables (:func:`format_p_value`)."""
+    return format_p_value((c or {}).get("wilcoxon_p"))
+
+
+def format_p_value(p: float | None) -> str:
+    """A p-value for tables: three decimals, ``<0.001`` below that, ``n/a`` when no test was possible."""
+    return "n/a" if p is None or math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def format_number(v: float | None, digits: int = 3) -> str:
+    """A table cell: ``digits`` decimals, ``n/a`` for a missing or NaN value."""
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from semiseg.benchmark.config import LOWER, UPPER, repo_root
-from semiseg.benchmark.paired import format_diff, format_p
+from semiseg.benchmark.paired import format_diff, format_number, format_p, format_p_value
 from semiseg.benchmark.results import cpu_model_text, load_results, pseudo_label_rounds
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -100,10 +100,6 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
     return "\n".join(lines)
 
 
-def _f(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
 def rounds_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     """Self-training rounds: selection and pseudo-label quality (empty when no run left quality files)."""
     rows = pseudo_label_rounds(runs)
@@ -113,8 +109,9 @@ def rounds_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
            "| entry | seed | round | selected | pseudo-label Dice: all / selected / rejected | Spearman ρ, selection score vs Dice (p) |",
            "|---|---:|---|---:|---|---:|"]
     for r in rows:
-        out.append(f"| {r['entry']} | {r['seed']} | {r['round']} | {r['n_selected']}/{r['n']} | {_f(r['mean_dice'])} / "
-                   f"{_f(r['mean_dice_selected'])} / {_f(r['mean_dice_rejected'])} | {_f(r['spearman_rho'], 2)} ({format_p({'wilcoxon_p': r['p_value']})}) |")
+        out.append(f"| {r['entry']} | {r['seed']} | {r['round']} | {r['n_selected']}/{r['n']} | {format_number(r['mean_dice'])} / "
+                   f"{format_number(r['mean_dice_selected'])} / {format_number(r['mean_dice_rejected'])} | "
+                   f"{format_number(r['spearman_rho'], 2)} ({format_p_value(r['p_value'])}) |")
     return out
 
 

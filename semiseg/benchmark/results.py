@@ -188,7 +188,11 @@ def pseudo_label_rounds(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
                          "n": q.get("n"), "n_selected": q.get("n_selected"), "mean_dice": _num(q.get("mean_dice")),
                          "mean_dice_selected": _num(q.get("mean_dice_selected")), "mean_dice_rejected": _num(q.get("mean_dice_rejected")),
                          "spearman_rho": _num(q.get("spearman_rho")), "p_value": _num(q.get("p_value"))})
-    return sorted(rows, key=lambda x: (x["entry"], x["seed"], x["round"]))
+    def order(name: str) -> tuple[int, str]:  # round_2 before round_10
+        tail = name.rsplit("_", 1)[-1]
+        return (int(tail), name) if name.startswith("round_") and tail.isdigit() else (-1, name)
+
+    return sorted(rows, key=lambda x: (x["entry"], x["seed"], order(str(x["round"]))))
 
 
 def _dice_by_seed(entry: Mapping[str, Any], suffix: str = "") -> dict[str, float | None]:

@@ -37,8 +37,8 @@ def depthwise_conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     """
     if x.device.type != "cpu" or torch.onnx.is_in_onnx_export():
         return conv(x)
-    with torch.autocast("cpu", enabled=False):
-        return conv(x.float().contiguous(memory_format=torch.channels_last_3d))
+    with torch.autocast("cpu", enabled=False):  # in the weights' dtype: fp32 under autocast, else what the model was cast to
+        return conv(x.to(conv.weight.dtype).contiguous(memory_format=torch.channels_last_3d))
 
 
 class ResidualSeparableConv(nn.Module):

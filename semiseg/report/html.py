@@ -20,7 +20,7 @@ import numpy as np
 
 from semiseg.atomic import atomic_write_text, save_png
 from semiseg.benchmark.config import LOWER, UPPER
-from semiseg.benchmark.paired import format_diff, format_p
+from semiseg.benchmark.paired import format_diff, format_number, format_p, format_p_value
 from semiseg.benchmark.results import cpu_model_text, load_results, pseudo_label_rounds
 from semiseg.benchmark.thumbnails import best_and_worst, case_files
 
@@ -51,8 +51,7 @@ def _save(fig: Any, path: Path) -> Path:
     return save_png(fig, path)
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
+_fmt = format_number
 
 
 def _pm(s: Mapping[str, Any], digits: int = 3) -> str:
@@ -312,14 +311,11 @@ def _rounds_html(runs: Sequence[Mapping[str, Any]]) -> str:
     rows = pseudo_label_rounds(runs)
     if not rows:
         return ""
-
-    def f(x: float | None, d: int = 3) -> str:
-        return "n/a" if x is None else f"{x:.{d}f}"
-
+    f = format_number
     body = "".join(
         f"<tr><td>{html.escape(r['entry'])}</td><td>{r['seed']}</td><td>{html.escape(str(r['round']))}</td>"
         f"<td>{r['n_selected']}/{r['n']}</td><td>{f(r['mean_dice'])}</td><td>{f(r['mean_dice_selected'])}</td>"
-        f"<td>{f(r['mean_dice_rejected'])}</td><td>{f(r['spearman_rho'], 2)} ({format_p({'wilcoxon_p': r['p_value']})})</td></tr>"
+        f"<td>{f(r['mean_dice_rejected'])}</td><td>{f(r['spearman_rho'], 2)} ({format_p_value(r['p_value'])})</td></tr>"
         for r in rows)
     return ("<p>Self-training rounds: the pseudo-labels of the unlabelled cases scored against their hidden labels "
             "(evaluation only; training never reads them).</p><table><tr><th>entry</th><th>seed</th><th>round</th><th>selected</th>"
@@ -468,8 +464,8 @@ def benchmark_section(doc: Mapping[str, Any], out: Path) -> str:
     figures_missing = 0
     method_figs = []
     shown: set[str] = set()
-    for r in doc["runs"]:  # a method's own figures and quality summaries, first seed of each entry
-        if r["entry"] in shown or not (r.get("figures") or r.get("pseudo_label_quality")):
+    for r in doc["runs"]:  # a method's own figures, first seed of each entry that has any (quality: the rounds table)
+        if r["entry"] in shown or not r.get("figures"):
             continue
         shown.add(r["entry"])
         for f in r.get("figures", []):
