@@ -10,7 +10,7 @@ and pseudo-labelling are wall time on both. Where an (entry, seed) has not run, 
 
 1. engine methods: the mean over the finished runs of the entry and of its tuning siblings (the same method and
    network, such as ``cps`` beside ``cps-scaled``: the same step, other weights); self-training: its own runs;
-2. engine methods measured on the first table's benchmark only: those runs times the two benchmarks' step-cost
+2. any entry measured on the first table's benchmark only: those runs times the two benchmarks' step-cost
    ratio for the entry in the newest step-bench variant measured under one load (``same-load-*`` rows; else the
    supervised step's ratio there; else the ratio of the two benchmarks' lower-bound runs);
 3. engine methods: the step bench (``benchmarks/results/step_bench_cpu.json``, the plan's current network and
@@ -238,6 +238,12 @@ class Estimator:
             own = self.measured(spec.name)
             if own:  # its runs hold the round 0 it trained (a shared one is not in their time): it pays round 0 on every seed
                 est, basis = mean(own) * len(todo), f"{len(own)} finished run(s) of {spec.name}"
+                self.round0_counted |= {self.round0_key(spec, s) for s in self.cfg.seeds}
+            elif self.sibling is not None and spec.name in {e.name for e in self.sibling.cfg.entries()} and self.sibling.measured(spec.name):
+                there = self.sibling.measured(spec.name)
+                ratio, how = self.ratio_to_sibling(spec)
+                est = mean(there) * ratio * len(todo)
+                basis = f"{len(there)} run(s) of {spec.name} on {self.sibling.cfg.name} x {ratio:.2f} ({how})"
                 self.round0_counted |= {self.round0_key(spec, s) for s in self.cfg.seeds}
             else:
                 parts = [self.selftrain_estimate(spec, s) for s in todo]

@@ -79,6 +79,10 @@ def test_a_second_benchmark_scales_the_first_ones_runs_by_the_same_load_step_rat
     cost = big.cost(big.cfg.entry("cps"))
     # cps timed on both plans in the same-load variant: 1.0 / 0.5 (the failed row is ignored)
     assert cost.estimated_s == pytest.approx(3 * 400 * 2.0) and "same-load-x/cps" in cost.basis
+    # a self-training entry measured there: scaled by the supervised step's same-load ratio (no row of its own)
+    tiny.runs["uncertainty"] = {0: run("uncertainty", 0, 1000, 0)}
+    unc = big.cost(big.cfg.entry("uncertainty"))
+    assert unc.estimated_s == pytest.approx(3 * 1000 * 0.3 / 0.2) and "same-load-x/supervised" in unc.basis
     # dlunet measured nowhere and big has no plain step-bench rows: no basis, and the table refuses to guess
     with pytest.raises(SystemExit, match="dlunet"):
         env.table(big, ["dlunet"])
