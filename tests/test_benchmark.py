@@ -580,6 +580,6 @@ def test_self_training_rounds_are_a_table_in_the_readme_and_the_report(bench, tm
     path.write_text(json.dumps(doc))
     page = write_report([path], tmp_path / "report").read_text()
     section = page.split("<h3>Pseudo-label quality and uncertainty</h3>")[1]
-    assert section.count("<td>round_") == 3 and "per_case_dice" not in section
+    assert section.count("<td>round_") == 3 and "per_case_dice" not in section and "0.80 (&lt;0.001)" in section  # escaped
     # without quality files there is no table
     assert "Self-training rounds" not in table_for(json.loads(bench["results"].read_text()), "x.json")

@@ -312,15 +312,12 @@ def _rounds_html(runs: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return ""
     f = format_number
-    body = "".join(
-        f"<tr><td>{html.escape(r['entry'])}</td><td>{r['seed']}</td><td>{html.escape(str(r['round']))}</td>"
-        f"<td>{r['n_selected']}/{r['n']}</td><td>{f(r['mean_dice'])}</td><td>{f(r['mean_dice_selected'])}</td>"
-        f"<td>{f(r['mean_dice_rejected'])}</td><td>{f(r['spearman_rho'], 2)} ({format_p_value(r['p_value'])})</td></tr>"
-        for r in rows)
+    cells = [(r["entry"], [r["entry"], str(r["seed"]), str(r["round"]), f"{r['n_selected']}/{r['n']}", f(r["mean_dice"]),
+                           f(r["mean_dice_selected"]), f(r["mean_dice_rejected"]), f"{f(r['spearman_rho'], 2)} ({format_p_value(r['p_value'])})"])
+             for r in rows]
+    head = ["entry", "seed", "round", "selected", "pseudo-label Dice", "selected", "rejected", "Spearman ρ, selection score vs Dice (p)"]
     return ("<p>Self-training rounds: the pseudo-labels of the unlabelled cases scored against their hidden labels "
-            "(evaluation only; training never reads them).</p><table><tr><th>entry</th><th>seed</th><th>round</th><th>selected</th>"
-            "<th>pseudo-label Dice</th><th>selected</th><th>rejected</th><th>Spearman &rho;, selection score vs Dice (p)</th></tr>"
-            + body + "</table>")
+            "(evaluation only; training never reads them).</p>" + _table(head, cells))
 
 
 def _summary_table(doc: Mapping[str, Any]) -> str:
