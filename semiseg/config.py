@@ -48,6 +48,10 @@ class Plan:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     median_shape: list[int] = field(default_factory=list)  # after resampling
     foreground_oversample: float = 0.33
+    # False: a foreground patch is centred on a foreground voxel and zero-padded where it leaves the volume (this
+    # engine until stop 25); True: its centre is moved inward so the patch stays inside the volume wherever the
+    # volume is at least a patch wide, as nnU-Net and MONAI's RandCropByPosNegLabeld do (test windows are never padded)
+    foreground_inside: bool = False
     # spatial (z, y, x) axes mirrored in training and test-time augmentation; planning drops the patient's
     # left-right axis when labels are lateralised (left/right kidney), since a flip would swap their meaning
     mirror_axes: list[int] = field(default_factory=lambda: list(ALL_AXES))

@@ -94,13 +94,15 @@ def _train_key(tc: TrainConfig) -> dict[str, Any]:
 
 
 def _plan_key(plan: Plan) -> dict[str, Any]:
-    """The plan as keyed; ``mirror_axes`` is left out at its default so pieces made before the field existed
-    (all axes mirrored) stay valid."""
+    """The plan as keyed; ``mirror_axes``, ``network.dropout_at`` and ``foreground_inside`` are left out at their
+    defaults so pieces made before those fields existed stay valid."""
     d = dataclasses.asdict(plan)
     if tuple(d.get("mirror_axes", ALL_AXES)) == ALL_AXES:
         d.pop("mirror_axes", None)
     if d["network"].get("dropout_at", "auto") == "auto":  # likewise for network.dropout_at, added later
         d["network"].pop("dropout_at", None)
+    if not d.get("foreground_inside", False):  # and for foreground_inside (stop 25)
+        d.pop("foreground_inside", None)
     return d
 
 

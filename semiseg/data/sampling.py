@@ -66,10 +66,11 @@ def crop_patch(data: np.ndarray, seg: np.ndarray | None, patch: list[int], cente
 
 class PatchSampler:
     def __init__(self, cases: list[CachedCase], patch: list[int], fg_fraction: float, preset: str,
-                 mirror_axes: Sequence[int] = ALL_AXES):
+                 mirror_axes: Sequence[int] = ALL_AXES, fg_inside: bool = False):
         self.cases = cases
         self.patch = list(patch)
         self.fg_fraction = fg_fraction
+        self.fg_inside = fg_inside  # Plan.foreground_inside
         self.with_labels = cases[0].seg_path is not None
         self.transform = build_augmentation(preset, self.patch, with_label=self.with_labels, mirror_axes=mirror_axes)
 
@@ -78,13 +79,15 @@ class PatchSampler:
         data, seg = case.load()
         shape = np.asarray(data.shape[1:])
         classes = [k for k, v in case.locations.items() if v]
+        half = np.asarray(self.patch) // 2
+        low = np.minimum(half, shape // 2)  # the centres whose patch stays inside (an axis under a patch: its middle)
+        high = np.maximum(shape - (np.asarray(self.patch) - half), low)
         if force_fg and classes:
             locs = case.locations[classes[int(rng.integers(len(classes)))]]
             center = np.asarray(locs[int(rng.integers(len(locs)))])
+            if self.fg_inside:
+                center = np.clip(center, low, high)
         else:
-            half = np.asarray(self.patch) // 2
-            low = np.minimum(half, shape // 2)
-            high = np.maximum(shape - (np.asarray(self.patch) - half), low)
             center = np.array([rng.integers(a, b + 1) for a, b in zip(low, high)])
         img, lab = crop_patch(data, seg, self.patch, center)
         sample = {"image": img} if lab is None else {"image": img, "label": lab}

@@ -45,7 +45,8 @@ class DataSpec:
 def make_batches(plan: Plan, cfg: TrainConfig, spec: DataSpec, method: Method,
                  info: distributed.DistInfo = distributed.DistInfo()) -> TrainingBatches:
     """This process's stream of batches: its share of the global batch sizes, its own sampling seed."""
-    lab = PatchSampler(open_cases(spec.cache, spec.labelled, True), plan.patch_size, plan.foreground_oversample, cfg.augmentation, plan.mirror_axes)
+    lab = PatchSampler(open_cases(spec.cache, spec.labelled, True), plan.patch_size, plan.foreground_oversample, cfg.augmentation, plan.mirror_axes,
+                       plan.foreground_inside)
     unl = None
     if method.needs_unlabelled:
         if not spec.unlabelled:
@@ -55,7 +56,8 @@ def make_batches(plan: Plan, cfg: TrainConfig, spec: DataSpec, method: Method,
     pseudo = None
     if spec.pseudo:
         assert spec.pseudo_cache is not None
-        pseudo = PatchSampler(open_cases(spec.pseudo_cache, spec.pseudo, True), plan.patch_size, plan.foreground_oversample, cfg.augmentation, plan.mirror_axes)
+        pseudo = PatchSampler(open_cases(spec.pseudo_cache, spec.pseudo, True), plan.patch_size, plan.foreground_oversample, cfg.augmentation,
+                              plan.mirror_axes, plan.foreground_inside)
     return TrainingBatches(lab, distributed.local_batch(cfg.batch_size, info), distributed.rank_seed(cfg.seed, info), unl,
                            distributed.local_batch(cfg.unlabelled_batch_size, info, "unlabelled_batch_size") if unl is not None else cfg.unlabelled_batch_size,
                            pseudo, spec.pseudo_per_labelled)
