@@ -12,7 +12,8 @@ resampled back to the image's own grid before the argmax, and Dice is scored the
     python benchmarks/plain_loop.py --data ../shared/data/LeftAtrium --labelled la_000..la_003 \
         --test la_040..la_047 --steps 3000 --seeds 0 1 2 --threads 1
 
-Each (labelled set, steps, precision, seed) is one run of ``benchmarks/results/plain_loop_la.json``; finished runs
+``--dice batch-foreground`` swaps in the engine's Dice (batch Dice over foreground only) and ``--precision bf16``
+its autocast, as ablations. Each (labelled set, steps, precision, Dice loss, seed) is one run of ``benchmarks/results/plain_loop_la.json``; finished runs
 are kept and skipped, so the command resumes; the file is rewritten atomically after each run.
 """
 from __future__ import annotations
@@ -78,8 +79,11 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if denom == 0 else float(2 * (p & t).sum() / denom)
 
 
+DICE = {"monai": {}, "batch-foreground": {"include_background": False, "batch": True}}  # the engine's: nnU-Net's batch Dice
+
+
 def train_and_test(train: list[dict[str, Any]], test: list[dict[str, Any]], steps: int, seed: int, precision: str,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, dice_loss: str = "monai") -> dict[str, Any]:
     from monai.inferers import sliding_window_inference
     from monai.losses import DiceCELoss
     from monai.networks.nets import UNet
@@ -93,7 +97,7 @@ def train_and_test(train: list[dict[str, Any]], test: list[dict[str, Any]], step
     sample.set_random_state(seed=seed)
     net = UNet(3, 1, 2, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1, norm="instance")
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, **DICE[dice_loss])
     amp = precision == "bf16"
     net.train()
     t0 = time.perf_counter()
@@ -135,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dice", choices=list(DICE), default="monai",
+                    help="monai: DiceCELoss's defaults (BENCHMARK.md's loop: per-sample Dice, background included); "
+                         "batch-foreground: the engine's (batch Dice, foreground only), an ablation")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "plain_loop_la.json")
     args = ap.parse_args(argv)
     if args.steps < 1:
@@ -144,8 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if set(labelled) & set(test):
         ap.error(f"cases in both --labelled and --test: {sorted(set(labelled) & set(test))}")
     doc = json.loads(args.out.read_text()) if args.out.is_file() else {"what": __doc__.splitlines()[0], "runs": []}
-    done = {(tuple(r["labelled"]), r["steps"], r["precision"], r["seed"]) for r in doc["runs"]}
-    todo = [s for s in args.seeds if (tuple(labelled), args.steps, args.precision, s) not in done]
+    done = {(tuple(r["labelled"]), r["steps"], r["precision"], r.get("dice_loss", "monai"), r["seed"]) for r in doc["runs"]}
+    todo = [s for s in args.seeds if (tuple(labelled), args.steps, args.precision, args.dice, s) not in done]
     if not todo:
         print(f"{args.out}: every requested run is there")
         return 0
@@ -154,18 +161,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = list(argv) if argv is not None else sys.argv[1:]
     command = "python benchmarks/plain_loop.py " + " ".join(shlex.quote(a) for a in shown)
     for seed in todo:
-        result = train_and_test(train, tests, args.steps, seed, args.precision)
-        doc["runs"].append({"labelled": labelled, "test": test, "steps": args.steps, "precision": args.precision, "seed": seed,
+        result = train_and_test(train, tests, args.steps, seed, args.precision, dice_loss=args.dice)
+        doc["runs"].append({"labelled": labelled, "test": test, "steps": args.steps, "precision": args.precision, "dice_loss": args.dice, "seed": seed,
                             "threads": args.threads, **result, "command": command, "git_commit": git_commit(),
                             "machine": machine_info("cpu"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         atomic_write_json(args.out, doc)
         print(f"seed {seed}: dev-test Dice {result['dice']:.3f} ({args.steps} steps, {result['s_per_step']:.3f} s/step)", flush=True)
     groups: dict[tuple, list[float]] = {}
     for r in doc["runs"]:
-        groups.setdefault((len(r["labelled"]), r["steps"], r["precision"]), []).append(r["dice"])
-    for (n, steps, prec), ds in sorted(groups.items()):
+        groups.setdefault((len(r["labelled"]), r["steps"], r["precision"], r.get("dice_loss", "monai")), []).append(r["dice"])
+    for (n, steps, prec, loss), ds in sorted(groups.items()):
         sd = float(np.std(ds, ddof=1)) if len(ds) > 1 else math.nan
-        print(f"{n} labelled, {steps} steps, {prec}: {np.mean(ds):.3f} +- {sd:.3f} over {len(ds)} seed(s) ({', '.join(f'{d:.3f}' for d in ds)})")
+        print(f"{n} labelled, {steps} steps, {prec}, Dice loss {loss}: {np.mean(ds):.3f} +- {sd:.3f} over {len(ds)} seed(s)"
+              f" ({', '.join(f'{d:.3f}' for d in ds)})")
     return 0
 
 
