@@ -12,8 +12,9 @@ resampled back to the image's own grid before the argmax, and Dice is scored the
     python benchmarks/plain_loop.py --data ../shared/data/LeftAtrium --labelled la_000..la_003 \
         --test la_040..la_047 --steps 3000 --seeds 0 1 2 --threads 1
 
-``--dice batch-foreground`` swaps in the engine's Dice (batch Dice over foreground only) and ``--precision bf16``
-its autocast, as ablations. Each (labelled set, steps, precision, Dice loss, seed) is one run of ``benchmarks/results/plain_loop_la.json``; finished runs
+``--dice batch-foreground`` swaps in the engine's Dice (batch Dice over foreground only), ``--labels engine`` its
+label resampling and ``--precision bf16`` its autocast, as ablations. Each (labelled set, steps, precision, Dice
+loss, labels, seed) is one run of ``benchmarks/results/plain_loop_la.json``; finished runs
 are kept and skipped, so the command resumes; the file is rewritten atomically after each run.
 """
 from __future__ import annotations
@@ -54,7 +55,7 @@ def expand(items: Sequence[str]) -> list[str]:
     return out
 
 
-def load_case(data: Path, case: str) -> dict[str, Any]:
+def load_case(data: Path, case: str, engine_labels: bool = False) -> dict[str, Any]:
     """Image and label on their own grid, and both resampled to 1.25 mm (trilinear / nearest)."""
     img_path, lab_path = data / "imagesTr" / f"{case}_0000.nii.gz", data / "labelsTr" / f"{case}.nii.gz"
     for p in (img_path, lab_path):
@@ -69,7 +70,12 @@ def load_case(data: Path, case: str) -> dict[str, Any]:
     shape = tuple(int(round(s * z / SPACING)) for s, z in zip(image.shape, zooms))
     x = torch.from_numpy((image - image.mean()) / max(float(image.std()), 1e-8))[None, None]
     small = F.interpolate(x, size=shape, mode="trilinear", align_corners=False)[0]
-    small_label = F.interpolate(torch.from_numpy(label)[None, None].float(), size=shape, mode="nearest")[0].long()
+    if engine_labels:  # the engine's label resampling (per-class trilinear + argmax), an ablation
+        from semiseg.data.preprocess import resample_labels
+
+        small_label = torch.from_numpy(resample_labels(label, list(shape), [0, 1]).astype(np.int64))[None]
+    else:
+        small_label = F.interpolate(torch.from_numpy(label)[None, None].float(), size=shape, mode="nearest")[0].long()
     return {"case": case, "image": small, "label": small_label, "full_label": label, "full_shape": image.shape}
 
 
@@ -139,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--labels", choices=["nearest", "engine"], default="nearest",
+                    help="how training labels reach 1.25 mm: nearest (BENCHMARK.md's loop) or the engine's resampling (ablation)")
     ap.add_argument("--dice", choices=list(DICE), default="monai",
                     help="monai: DiceCELoss's defaults (BENCHMARK.md's loop: per-sample Dice, background included); "
                          "batch-foreground: the engine's (batch Dice, foreground only), an ablation")
@@ -151,28 +159,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if set(labelled) & set(test):
         ap.error(f"cases in both --labelled and --test: {sorted(set(labelled) & set(test))}")
     doc = json.loads(args.out.read_text()) if args.out.is_file() else {"what": __doc__.splitlines()[0], "runs": []}
-    done = {(tuple(r["labelled"]), r["steps"], r["precision"], r.get("dice_loss", "monai"), r["seed"]) for r in doc["runs"]}
-    todo = [s for s in args.seeds if (tuple(labelled), args.steps, args.precision, args.dice, s) not in done]
+    def variant(r: dict[str, Any]) -> tuple:
+        return r["precision"], r.get("dice_loss", "monai"), r.get("labels", "nearest")
+
+    done = {(tuple(r["labelled"]), r["steps"], *variant(r), r["seed"]) for r in doc["runs"]}
+    todo = [s for s in args.seeds if (tuple(labelled), args.steps, args.precision, args.dice, args.labels, s) not in done]
     if not todo:
         print(f"{args.out}: every requested run is there")
         return 0
-    train = [load_case(args.data, c) for c in labelled]
+    train = [load_case(args.data, c, engine_labels=args.labels == "engine") for c in labelled]
     tests = [load_case(args.data, c) for c in test]
     shown = list(argv) if argv is not None else sys.argv[1:]
     command = "python benchmarks/plain_loop.py " + " ".join(shlex.quote(a) for a in shown)
     for seed in todo:
         result = train_and_test(train, tests, args.steps, seed, args.precision, dice_loss=args.dice)
-        doc["runs"].append({"labelled": labelled, "test": test, "steps": args.steps, "precision": args.precision, "dice_loss": args.dice, "seed": seed,
+        doc["runs"].append({"labelled": labelled, "test": test, "steps": args.steps, "precision": args.precision, "dice_loss": args.dice, "labels": args.labels,
+                            "seed": seed,
                             "threads": args.threads, **result, "command": command, "git_commit": git_commit(),
                             "machine": machine_info("cpu"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         atomic_write_json(args.out, doc)
         print(f"seed {seed}: dev-test Dice {result['dice']:.3f} ({args.steps} steps, {result['s_per_step']:.3f} s/step)", flush=True)
     groups: dict[tuple, list[float]] = {}
     for r in doc["runs"]:
-        groups.setdefault((len(r["labelled"]), r["steps"], r["precision"], r.get("dice_loss", "monai")), []).append(r["dice"])
-    for (n, steps, prec, loss), ds in sorted(groups.items()):
+        groups.setdefault((len(r["labelled"]), r["steps"], *variant(r)), []).append(r["dice"])
+    for (n, steps, prec, loss, labels), ds in sorted(groups.items()):
         sd = float(np.std(ds, ddof=1)) if len(ds) > 1 else math.nan
-        print(f"{n} labelled, {steps} steps, {prec}, Dice loss {loss}: {np.mean(ds):.3f} +- {sd:.3f} over {len(ds)} seed(s)"
+        print(f"{n} labelled, {steps} steps, {prec}, Dice loss {loss}, labels {labels}: {np.mean(ds):.3f} +- {sd:.3f} over {len(ds)} seed(s)"
               f" ({', '.join(f'{d:.3f}' for d in ds)})")
     return 0
 

@@ -111,6 +111,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        for name in ("momentum", "weight_decay", "poly_exponent", "grad_clip"):  # a YAML '1.0e9' is a string, not a float
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         if not isinstance(self.method_params, dict):
             raise ValueError(f"method_params must be a mapping of option -> value, got {self.method_params!r}")
         if self.precision not in PRECISIONS:

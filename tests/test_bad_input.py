@@ -137,6 +137,7 @@ def test_fold_out_of_range_for_k_is_refused_before_any_work(run, capsys):
     ("{not json", ["cannot read configuration"]),
     ('{"iterations": 0}', ["iterations must be an integer >= 1"]),
     ('{"lr": -1}', ["lr must be > 0"]),
+    ('{"grad_clip": "1.0e9"}', ["grad_clip must be a number >= 0", "'1.0e9'"]),  # what YAML makes of 1.0e9
 ])
 def test_a_bad_config_file_is_named(run, tmp_path, capsys, content, words):
     cfg = tmp_path / "train.json"
