@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from semiseg.atomic import atomic_write_json
+from semiseg.benchmark.config import expand_cases
 from semiseg.benchmark.results import git_commit, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,16 +44,8 @@ PATCH_XYZ = (64, 64, 40)  # MONAI's arrays are (x, y, z): BENCHMARK.md's 40x64x6
 
 
 def expand(items: Sequence[str]) -> list[str]:
-    """'la_000..la_003' -> la_000, la_001, la_002, la_003 (as the benchmark configs write ranges)."""
-    out: list[str] = []
-    for item in items:
-        if ".." not in item:
-            out.append(item)
-            continue
-        a, b = item.split("..")
-        prefix, width = a.rstrip("0123456789"), len(a) - len(a.rstrip("0123456789"))
-        out += [f"{prefix}{i:0{width}d}" for i in range(int(a[len(prefix):]), int(b[len(prefix):]) + 1)]
-    return out
+    """'la_000..la_003' -> la_000, la_001, la_002, la_003 (the benchmark configs' ranges)."""
+    return expand_cases(list(items), "plain_loop")
 
 
 def load_case(data: Path, case: str, engine_labels: bool = False) -> dict[str, Any]:
