@@ -16,6 +16,11 @@ resampled back to the image's own grid before the argmax, and Dice is scored the
 label resampling and ``--precision bf16`` its autocast, as ablations. Each (labelled set, steps, precision, Dice
 loss, labels, seed) is one run of ``benchmarks/results/plain_loop_la.json``; finished runs
 are kept and skipped, so the command resumes; the file is rewritten atomically after each run.
+
+``--compare RESULTS.json:ENTRY ...`` calibrates engine entries (e.g. ``benchmarks/results/la_ssl4_cpu.json:lower``)
+against the loop into ``plain_loop_la.md``: each dev-test case's mean Dice over the engine's seeds against its mean
+over the loop's seeds (the two draw different seeds, so the pairs are cases), with a bootstrap CI and Wilcoxon p,
+against the loop as written (fp32) and at the entry's own precision.
 """
 from __future__ import annotations
 
@@ -144,7 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="monai: DiceCELoss's defaults (BENCHMARK.md's loop: per-sample Dice, background included); "
                          "batch-foreground: the engine's (batch Dice, foreground only), an ablation")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "plain_loop_la.json")
+    ap.add_argument("--compare", nargs="+", default=[], metavar="RESULTS.json:ENTRY",
+                    help="engine entries to calibrate against the loop, paired by test case, into the .md beside --out")
     args = ap.parse_args(argv)
+    compare = [parse_compare(c, ap) for c in args.compare]
     if args.steps < 1:
         ap.error("--steps must be >= 1")
     torch.set_num_threads(args.threads)
@@ -157,13 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     done = {(tuple(r["labelled"]), r["steps"], *variant(r), r["seed"]) for r in doc["runs"]}
     todo = [s for s in args.seeds if (tuple(labelled), args.steps, args.precision, args.dice, args.labels, s) not in done]
+    shown = list(argv) if argv is not None else sys.argv[1:]
+    command = "python benchmarks/plain_loop.py " + " ".join(shlex.quote(a) for a in shown)
     if not todo:
         print(f"{args.out}: every requested run is there")
+        write_calibration(args.out, doc, compare, command)
         return 0
     train = [load_case(args.data, c, engine_labels=args.labels == "engine") for c in labelled]
     tests = [load_case(args.data, c) for c in test]
-    shown = list(argv) if argv is not None else sys.argv[1:]
-    command = "python benchmarks/plain_loop.py " + " ".join(shlex.quote(a) for a in shown)
     for seed in todo:
         result = train_and_test(train, tests, args.steps, seed, args.precision, dice_loss=args.dice)
         doc["runs"].append({"labelled": labelled, "test": test, "steps": args.steps, "precision": args.precision, "dice_loss": args.dice, "labels": args.labels,
@@ -179,7 +188,101 @@ def main(argv: Sequence[str] | None = None) -> int:
         sd = float(np.std(ds, ddof=1)) if len(ds) > 1 else math.nan
         print(f"{n} labelled, {steps} steps, {prec}, Dice loss {loss}, labels {labels}: {np.mean(ds):.3f} +- {sd:.3f} over {len(ds)} seed(s)"
               f" ({', '.join(f'{d:.3f}' for d in ds)})")
+    write_calibration(args.out, doc, compare, command)
     return 0
+
+
+# -- calibration of engine entries against the loop ----------------------------------------------------
+REFERENCE = ("fp32", "monai", "nearest")  # BENCHMARK.md's loop as written
+TOLERANCE = 0.02  # issue 15: "at equal steps it matches the plain loop within 0.02 Dice"
+
+
+def parse_compare(text: str, ap: argparse.ArgumentParser) -> tuple[Path, str]:
+    path, sep, entry = text.rpartition(":")
+    if not sep or not path or not entry:
+        ap.error(f"--compare {text}: expected RESULTS.json:ENTRY")
+    if not Path(path).is_file():
+        ap.error(f"--compare {text}: {path} not found")
+    return Path(path), entry
+
+
+def engine_runs(path: Path, entry: str) -> list[dict[str, Any]]:
+    """One engine entry's seeds as the loop records them: labelled cases, steps, precision, per-case Dice."""
+    doc = json.loads(path.read_text())
+    out = []
+    for r in doc.get("runs", []):
+        if r.get("entry") != entry:
+            continue
+        cases = {c: float(np.mean([m["DSC"] for m in per.values()])) for c, per in r["test"]["cases"].items()}
+        out.append({"labelled": r["key"]["split"]["labelled"], "steps": r["train"]["steps"], "seed": r["seed"],
+                    "precision": r["key"]["train_config"].get("precision", "auto"), "cases": cases})
+    if not out:
+        raise ValueError(f"{path}: no finished runs of entry '{entry}'")
+    return out
+
+
+def case_means(runs: Sequence[dict[str, Any]], dice_of=lambda v: v) -> dict[str, float]:
+    """Per test case, the mean over seeds: the loop's seeds and the engine's are different draws, so the pairs are cases."""
+    cases = sorted(set.intersection(*(set(r["cases"]) for r in runs)))
+    return {c: float(np.mean([dice_of(r["cases"][c]) for r in runs])) for c in cases}
+
+
+def calibration_rows(doc: dict[str, Any], compare: Sequence[tuple[Path, str]]) -> list[dict[str, Any]]:
+    """Each engine entry against the loop as written (fp32) and against the loop at the entry's precision, paired by
+    test case over the seeds' means."""
+    from semiseg.benchmark.paired import paired_comparison
+
+    rows = []
+    for path, entry in compare:
+        runs = engine_runs(path, entry)
+        labelled, prec = runs[0]["labelled"], runs[0]["precision"]
+        mine = case_means(runs)
+        for variant in dict.fromkeys([REFERENCE, (prec, "monai", "nearest")]):
+            loop = [r for r in doc["runs"] if r["labelled"] == labelled and r["steps"] == runs[0]["steps"]
+                    and (r["precision"], r.get("dice_loss", "monai"), r.get("labels", "nearest")) == variant]
+            if not loop:
+                continue
+            ref = case_means(loop, lambda v: v["dice"])
+            c = paired_comparison(mine, ref, "plain loop")
+            rows.append({"results": path.name, "entry": entry, "precision": prec, "seeds": sorted(r["seed"] for r in runs),
+                         "engine": float(np.mean([np.mean(list(r["cases"].values())) for r in runs])),
+                         "loop_variant": variant, "loop_seeds": sorted(r["seed"] for r in loop),
+                         "loop": float(np.mean([r["dice"] for r in loop])), "paired": c,
+                         "within": c["mean_diff"] is not None and abs(c["mean_diff"]) <= TOLERANCE})
+    return rows
+
+
+def write_calibration(out: Path, doc: dict[str, Any], compare: Sequence[tuple[Path, str]], command: str) -> Path | None:
+    """``<out>.md``: the loop's variants over seeds and, for each --compare entry, the paired difference from it."""
+    from semiseg.atomic import atomic_write_text
+    from semiseg.benchmark.paired import format_diff, format_p
+
+    if not compare:
+        return None
+    lines = ["# Calibration against BENCHMARK.md's plain MONAI loop", "",
+             f"Generated by `{command}` from `{out.name}` and the engine's results files. The loop and the engine draw different seeds, so each"
+             " pair is a dev-test case: the mean Dice over each side's seeds (95% bootstrap CI over the cases, Wilcoxon p)."
+             f" Issue 15 asks the lower bound to match the loop within {TOLERANCE} at equal steps.", "",
+             "## The loop, per variant", "", "| labelled | steps | precision | Dice loss | labels | seeds | Dice (mean +- sd) |",
+             "|---:|---:|---|---|---|---|---:|"]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in doc["runs"]:
+        groups.setdefault((len(r["labelled"]), r["steps"], r["precision"], r.get("dice_loss", "monai"), r.get("labels", "nearest")), []).append(r)
+    for (n, st, prec, loss, labels), rs in sorted(groups.items()):
+        ds = [r["dice"] for r in rs]
+        sd = f"{np.std(ds, ddof=1):.3f}" if len(ds) > 1 else "n/a"
+        lines.append(f"| {n} | {st} | {prec} | {loss} | {labels} | {', '.join(str(r['seed']) for r in rs)} | "
+                     f"{np.mean(ds):.3f} +- {sd} ({', '.join(f'{d:.3f}' for d in ds)}) |")
+    lines += ["", "## Engine entries against the loop", "",
+              "| results | entry | precision | seeds | engine Dice | loop (precision, seeds) | loop Dice | engine - loop, paired by case | Wilcoxon p | within 0.02 |",
+              "|---|---|---|---|---:|---|---:|---:|---:|---|"]
+    for r in calibration_rows(doc, compare):
+        lines.append(f"| `{r['results']}` | {r['entry']} | {r['precision']} | {', '.join(map(str, r['seeds']))} | {r['engine']:.3f} | "
+                     f"{r['loop_variant'][0]} (seeds {', '.join(map(str, r['loop_seeds']))}) | {r['loop']:.3f} | {format_diff(r['paired'])} | "
+                     f"{format_p(r['paired'])} | {'yes' if r['within'] else 'no'} |")
+    path = out.with_suffix(".md")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
 
 
 if __name__ == "__main__":

@@ -61,3 +61,45 @@ def test_a_short_run_is_recorded_and_not_repeated(pl, tmp_path, monkeypatch):
     assert pl.main(args) == 0 and out.stat().st_mtime_ns == mtime  # finished: skipped, file untouched
     with pytest.raises(SystemExit):
         pl.main(["--data", str(tmp_path / "raw"), "--labelled", "c_0", "--test", "c_0", "--out", str(out)])
+
+
+def engine_results(path: Path, entry: str, per_seed: dict[int, dict[str, float]], precision: str = "bf16") -> Path:
+    runs = [{"entry": entry, "seed": s, "key": {"split": {"labelled": ["c_0", "c_1"]}, "train_config": {"precision": precision}},
+             "train": {"steps": 3}, "test": {"cases": {c: {"organ": {"DSC": d}} for c, d in cases.items()}}}
+            for s, cases in per_seed.items()]
+    path.write_text(json.dumps({"runs": runs}))
+    return path
+
+
+def loop_run(seed: int, cases: dict[str, float], precision: str = "fp32") -> dict:
+    return {"labelled": ["c_0", "c_1"], "steps": 3, "precision": precision, "dice_loss": "monai", "labels": "nearest", "seed": seed,
+            "cases": {c: {"dice": d} for c, d in cases.items()}, "dice": float(np.mean(list(cases.values())))}
+
+
+def test_calibration_pairs_cases_over_each_sides_seeds(pl, tmp_path):
+    """An engine entry is compared case by case with the loop, each side averaged over its own seeds (different
+    draws, so seeds are not pairs), against the loop as written (fp32) and at the entry's precision."""
+    res = engine_results(tmp_path / "bench.json", "lower", {0: {"a": 0.5, "b": 0.8, "c": 0.9}, 1: {"a": 0.7, "b": 0.8, "c": 0.9}})
+    doc = {"runs": [loop_run(0, {"a": 0.7, "b": 0.9, "c": 0.9}), loop_run(1, {"a": 0.9, "b": 0.9, "c": 0.9}),
+                    loop_run(0, {"a": 0.6, "b": 0.8, "c": 0.9}, precision="bf16")]}
+    rows = pl.calibration_rows(doc, [(res, "lower")])
+    assert [r["loop_variant"][0] for r in rows] == ["fp32", "bf16"]
+    fp32, bf16 = rows
+    # case means: engine a 0.6, b 0.8, c 0.9; loop fp32 a 0.8, b 0.9, c 0.9 -> differences -0.2, -0.1, 0
+    assert fp32["paired"]["n"] == 3 and fp32["paired"]["mean_diff"] == pytest.approx(-0.1)
+    assert fp32["loop_seeds"] == [0, 1] and fp32["seeds"] == [0, 1] and not fp32["within"]
+    assert bf16["paired"]["mean_diff"] == pytest.approx(0.0) and bf16["within"]
+    md = pl.write_calibration(tmp_path / "loop.json", doc, [(res, "lower")], "python benchmarks/plain_loop.py --compare x")
+    text = md.read_text()
+    assert md.name == "loop.md" and "`bench.json` | lower | bf16 | 0, 1 | 0.767" in text and "-0.100" in text
+    assert pl.write_calibration(tmp_path / "loop.json", doc, [], "c") is None
+
+
+def test_compare_names_a_missing_file_or_entry(pl, tmp_path):
+    with pytest.raises(SystemExit):
+        pl.main(["--compare", str(tmp_path / "nope.json") + ":lower", "--out", str(tmp_path / "o.json")])
+    with pytest.raises(SystemExit):
+        pl.main(["--compare", "no-entry", "--out", str(tmp_path / "o.json")])
+    res = engine_results(tmp_path / "bench.json", "lower", {0: {"a": 0.5}})
+    with pytest.raises(ValueError, match=r"bench\.json: no finished runs of entry 'upper'"):
+        pl.engine_runs(res, "upper")

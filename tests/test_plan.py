@@ -204,6 +204,17 @@ def test_plan_save_load_round_trip(tmp_path, mr_root):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_new_plans_keep_foreground_patches_inside_old_plan_files_keep_their_padding(tmp_path, mr_root):
+    """Planning samples foreground patches as nnU-Net does (inside the volume); a plan file written before the
+    field existed was trained with padded patches, so it must read back as False, not as the planner's choice."""
+    ds = RawDataset.open(mr_root)
+    assert make_plan(ds, fingerprint(ds, progress=False)).foreground_inside is True
+    raw = dataclasses.asdict(small_plan())
+    raw.pop("foreground_inside")
+    (tmp_path / "old.json").write_text(json.dumps(raw))
+    assert Plan.load(tmp_path / "old.json").foreground_inside is False
+
+
 def test_train_config_round_trip(tmp_path):
     cfg = TrainConfig(method="cps", iterations=7, method_params={"lambda": 0.5})
     cfg.save(tmp_path / "t.json")

@@ -206,5 +206,6 @@ def make_plan(
         normalization=norm,
         network=NetworkConfig(arch="unet", features=features, kernels=kernels, strides=strides, deep_supervision=deep_supervision),
         median_shape=median_shape,
+        foreground_inside=True,  # as nnU-Net samples; the dataclass default stays False for plans saved before stop 26
         mirror_axes=mirror_axes(ds.labels, fp.left_right_axes),
     )
