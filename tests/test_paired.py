@@ -99,3 +99,21 @@ def test_aggregation_pairs_every_entry_with_the_lower_bound():
     assert "paired_vs_lower_postprocessed" not in entries["m"]  # it has no post-processed scores
     no_lower = {"upper": _entry(low)}
     assert add_paired_vs_lower(no_lower) is None and no_lower["upper"]["paired_vs_lower"] is None
+
+
+def test_seeds_and_cases_ci_holds_both_spreads():
+    """Two pipelines with their own seeds on the same cases: a constant offset gives a point interval; seed-to-seed
+    spread on one side widens the interval beyond what resampling the cases of the seed means alone gives."""
+    from semiseg.benchmark.paired import bootstrap_ci, seeds_and_cases_ci
+
+    cases = np.linspace(0.3, 0.9, 8)
+    b = np.tile(cases, (3, 1))
+    lo, hi = seeds_and_cases_ci(b - 0.05, b)
+    assert lo == pytest.approx(-0.05) and hi == pytest.approx(-0.05)
+    noisy = b - 0.05 + np.array([[-0.06], [0.0], [0.06]])  # seeds differ by a whole-run offset
+    both = seeds_and_cases_ci(noisy, b)
+    cases_only = bootstrap_ci(noisy.mean(0) - b.mean(0))
+    assert both[0] < cases_only[0] - 0.01 and both[1] > cases_only[1] + 0.01 and both[0] < -0.05 < both[1]
+    assert seeds_and_cases_ci(b[:, :1], b[:, :1]) is None
+    with pytest.raises(ValueError, match="same cases"):
+        seeds_and_cases_ci(b, b[:, :5])

@@ -89,6 +89,8 @@ def test_calibration_pairs_cases_over_each_sides_seeds(pl, tmp_path):
     assert fp32["paired"]["n"] == 3 and fp32["paired"]["mean_diff"] == pytest.approx(-0.1)
     assert fp32["loop_seeds"] == [0, 1] and fp32["seeds"] == [0, 1] and not fp32["within"]
     assert bf16["paired"]["mean_diff"] == pytest.approx(0.0) and bf16["within"]
+    lo, hi = fp32["ci95_seeds_and_cases"]  # seed spread on both sides: wider than the cases alone give
+    assert lo < fp32["paired"]["ci95"][0] <= fp32["paired"]["ci95"][1] <= hi
     md = pl.write_calibration(tmp_path / "loop.json", doc, [(res, "lower")], "python benchmarks/plain_loop.py --compare x")
     text = md.read_text()
     assert md.name == "loop.md" and "`bench.json` | lower | bf16 | 0, 1 | 0.767" in text and "-0.100" in text

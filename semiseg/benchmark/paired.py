@@ -45,6 +45,28 @@ def bootstrap_ci(diffs: np.ndarray, resamples: int = RESAMPLES, seed: int = RNG_
     return float(lo), float(hi)
 
 
+def seeds_and_cases_ci(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, seed: int = RNG_SEED,
+                       level: float = LEVEL) -> tuple[float, float] | None:
+    """Percentile-bootstrap CI of ``mean(a) - mean(b)`` for two pipelines run with their own seeds on the same cases,
+    ``a`` (seeds_a, cases) and ``b`` (seeds_b, cases): the cases are resampled together (paired) and each side's seeds
+    on their own, so seed-to-seed spread is in the interval, not only case-to-case. None under 2 cases."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"expected (seeds, cases) arrays over the same cases, got shapes {a.shape} and {b.shape}")
+    n = a.shape[1]
+    if n < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    cases = rng.integers(0, n, size=(resamples, n))
+    seeds_a = rng.integers(0, a.shape[0], size=(resamples, a.shape[0]))
+    seeds_b = rng.integers(0, b.shape[0], size=(resamples, b.shape[0]))
+    mean_a = a[seeds_a[:, :, None], cases[:, None, :]].mean(axis=(1, 2))
+    mean_b = b[seeds_b[:, :, None], cases[:, None, :]].mean(axis=(1, 2))
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(mean_a - mean_b, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def wilcoxon_p(diffs: np.ndarray) -> float | None:
     """Two-sided Wilcoxon signed-rank p; None under 2 pairs or when every difference is zero (no test to make)."""
     d = np.where(np.abs(diffs) < ZERO, 0.0, diffs)
