@@ -115,6 +115,26 @@ def test_preprocess_array_resamples_and_records_inverse(oblique_case):
     assert Geometry.from_dict(json.loads(json.dumps(props["geometry"]))) == geo
 
 
+def test_label_resampling_is_the_plans_choice(oblique_case):
+    """Training labels reach the plan's spacing by per-class linear interpolation (default, nnU-Net's kind) or, when
+    the plan says so, by nearest neighbour; the image is the same either way, and an unknown mode is refused."""
+    import dataclasses
+
+    from semiseg.data.preprocess import resample_nearest
+
+    image, label, geo = oblique_case
+    plan = make_plan((1.5, 1.0, 1.0))
+    data, linear, props = preprocess_array(image, geo, plan, label)
+    crop = label[tuple(slice(a, b) for a, b in props["bbox"])]
+    np.testing.assert_array_equal(linear, resample_labels(crop, props["shape_after_resample"], [0, 1, 2]))
+    data_n, nearest, _ = preprocess_array(image, geo, dataclasses.replace(plan, label_resampling="nearest"), label)
+    np.testing.assert_array_equal(nearest, resample_nearest(crop.astype(np.int16), props["shape_after_resample"]))
+    np.testing.assert_array_equal(data_n, data)
+    assert (nearest != linear).any() and set(np.unique(nearest).tolist()) == {0, 1, 2}
+    with pytest.raises(ValueError, match="label_resampling must be one of linear, nearest, got 'cubic'"):
+        dataclasses.replace(plan, label_resampling="cubic")
+
+
 @pytest.mark.parametrize("is_probabilities", [False, True])
 def test_restore_to_input_round_trip(oblique_case, is_probabilities, tmp_path):
     image, label, geo = oblique_case

@@ -56,3 +56,12 @@ def test_foreground_inside_is_keyed_only_when_set():
     assert "foreground_inside" not in _plan_key(plan)  # pieces made before the field existed stay valid
     plan.foreground_inside = True
     assert _plan_key(plan)["foreground_inside"] is True
+
+
+def test_label_resampling_is_keyed_only_when_not_linear():
+    from semiseg.benchmark.harness import _plan_key
+
+    plan = Plan("x", "MRI", 1, {"background": 0, "a": 1}, [1.0] * 3, PATCH)
+    assert "label_resampling" not in _plan_key(plan)  # pieces made before the field existed stay valid
+    plan.label_resampling = "nearest"
+    assert _plan_key(plan)["label_resampling"] == "nearest"

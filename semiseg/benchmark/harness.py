@@ -94,8 +94,8 @@ def _train_key(tc: TrainConfig) -> dict[str, Any]:
 
 
 def _plan_key(plan: Plan) -> dict[str, Any]:
-    """The plan as keyed; ``mirror_axes``, ``network.dropout_at`` and ``foreground_inside`` are left out at their
-    defaults so pieces made before those fields existed stay valid."""
+    """The plan as keyed; ``mirror_axes``, ``network.dropout_at``, ``foreground_inside`` and ``label_resampling`` are
+    left out at their defaults (padded patches, linear) so pieces made before those fields existed stay valid."""
     d = dataclasses.asdict(plan)
     if tuple(d.get("mirror_axes", ALL_AXES)) == ALL_AXES:
         d.pop("mirror_axes", None)
@@ -103,6 +103,8 @@ def _plan_key(plan: Plan) -> dict[str, Any]:
         d["network"].pop("dropout_at", None)
     if not d.get("foreground_inside", False):  # and for foreground_inside (stop 25)
         d.pop("foreground_inside", None)
+    if d.get("label_resampling", "linear") == "linear":  # and label_resampling (stop 26)
+        d.pop("label_resampling", None)
     return d
 
 

@@ -67,8 +67,11 @@ def preprocess_array(image: np.ndarray, geometry: Geometry, plan: Plan, label: n
     props["geometry"] = geometry.to_dict()
     lab = None
     if label is not None:
-        lab = resample_labels(label[tuple(slice(a, b) for a, b in props["bbox"])], props["shape_after_resample"],
-                              sorted(plan.labels.values()))
+        cropped = label[tuple(slice(a, b) for a, b in props["bbox"])]
+        if plan.label_resampling == "nearest":
+            lab = resample_nearest(cropped.astype(np.int16), props["shape_after_resample"])
+        else:
+            lab = resample_labels(cropped, props["shape_after_resample"], sorted(plan.labels.values()))
     return data, lab, props
 
 
