@@ -160,9 +160,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if set(labelled) & set(test):
         ap.error(f"cases in both --labelled and --test: {sorted(set(labelled) & set(test))}")
     doc = json.loads(args.out.read_text()) if args.out.is_file() else {"what": __doc__.splitlines()[0], "runs": []}
-    def variant(r: dict[str, Any]) -> tuple:
-        return r["precision"], r.get("dice_loss", "monai"), r.get("labels", "nearest")
-
     done = {(tuple(r["labelled"]), r["steps"], *variant(r), r["seed"]) for r in doc["runs"]}
     todo = [s for s in args.seeds if (tuple(labelled), args.steps, args.precision, args.dice, args.labels, s) not in done]
     shown = list(argv) if argv is not None else sys.argv[1:]
@@ -181,15 +178,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "machine": machine_info("cpu"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         atomic_write_json(args.out, doc)
         print(f"seed {seed}: dev-test Dice {result['dice']:.3f} ({args.steps} steps, {result['s_per_step']:.3f} s/step)", flush=True)
-    groups: dict[tuple, list[float]] = {}
-    for r in doc["runs"]:
-        groups.setdefault((len(r["labelled"]), r["steps"], *variant(r)), []).append(r["dice"])
-    for (n, steps, prec, loss, labels), ds in sorted(groups.items()):
+    for (n, steps, prec, loss, labels), rs in loop_groups(doc).items():
+        ds = [r["dice"] for r in rs]
         sd = float(np.std(ds, ddof=1)) if len(ds) > 1 else math.nan
         print(f"{n} labelled, {steps} steps, {prec}, Dice loss {loss}, labels {labels}: {np.mean(ds):.3f} +- {sd:.3f} over {len(ds)} seed(s)"
               f" ({', '.join(f'{d:.3f}' for d in ds)})")
     write_calibration(args.out, doc, compare, command)
     return 0
+
+
+def variant(run: dict[str, Any]) -> tuple[str, str, str]:
+    """(precision, Dice loss, label resampling) of a recorded run; runs from before the ablations are the loop as written."""
+    return run["precision"], run.get("dice_loss", "monai"), run.get("labels", "nearest")
+
+
+def loop_groups(doc: dict[str, Any]) -> dict[tuple, list[dict[str, Any]]]:
+    """The recorded runs by (labelled count, steps, *variant), sorted: one line of the summary and of the table each."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in doc["runs"]:
+        groups.setdefault((len(r["labelled"]), r["steps"], *variant(r)), []).append(r)
+    return dict(sorted(groups.items()))
 
 
 # -- calibration of engine entries against the loop ----------------------------------------------------
@@ -237,9 +245,8 @@ def calibration_rows(doc: dict[str, Any], compare: Sequence[tuple[Path, str]]) -
         runs = engine_runs(path, entry)
         labelled, prec = runs[0]["labelled"], runs[0]["precision"]
         mine = case_means(runs)
-        for variant in dict.fromkeys([REFERENCE, (prec, "monai", "nearest")]):
-            loop = [r for r in doc["runs"] if r["labelled"] == labelled and r["steps"] == runs[0]["steps"]
-                    and (r["precision"], r.get("dice_loss", "monai"), r.get("labels", "nearest")) == variant]
+        for wanted in dict.fromkeys([REFERENCE, (prec, "monai", "nearest")]):
+            loop = [r for r in doc["runs"] if r["labelled"] == labelled and r["steps"] == runs[0]["steps"] and variant(r) == wanted]
             if not loop:
                 continue
             ref = case_means(loop, lambda v: v["dice"])
@@ -249,7 +256,7 @@ def calibration_rows(doc: dict[str, Any], compare: Sequence[tuple[Path, str]]) -
                                       np.array([[r["cases"][k]["dice"] for k in common] for r in loop]))
             rows.append({"results": path.name, "entry": entry, "precision": prec, "seeds": sorted(r["seed"] for r in runs),
                          "engine": float(np.mean([np.mean(list(r["cases"].values())) for r in runs])),
-                         "loop_variant": variant, "loop_seeds": sorted(r["seed"] for r in loop),
+                         "loop_variant": wanted, "loop_seeds": sorted(r["seed"] for r in loop),
                          "loop": float(np.mean([r["dice"] for r in loop])), "paired": c, "ci95_seeds_and_cases": both,
                          "within": c["mean_diff"] is not None and abs(c["mean_diff"]) <= TOLERANCE})
     return rows
@@ -272,10 +279,7 @@ def write_calibration(out: Path, doc: dict[str, Any], compare: Sequence[tuple[Pa
              f" Issue 15 asks the lower bound to match the loop within {TOLERANCE} at equal steps.", "",
              "## The loop, per variant", "", "| labelled | steps | precision | Dice loss | labels | seeds | Dice (mean +- sd) |",
              "|---:|---:|---|---|---|---|---:|"]
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in doc["runs"]:
-        groups.setdefault((len(r["labelled"]), r["steps"], r["precision"], r.get("dice_loss", "monai"), r.get("labels", "nearest")), []).append(r)
-    for (n, st, prec, loss, labels), rs in sorted(groups.items()):
+    for (n, st, prec, loss, labels), rs in loop_groups(doc).items():
         ds = [r["dice"] for r in rs]
         sd = f"{np.std(ds, ddof=1):.3f}" if len(ds) > 1 else "n/a"
         lines.append(f"| {n} | {st} | {prec} | {loss} | {labels} | {', '.join(str(r['seed']) for r in rs)} | "
