@@ -80,11 +80,12 @@ def training_precision(device: str | None, precision: str) -> str:
     results/step_bench_cpu.md); elsewhere the engine's default. An explicit choice is kept."""
     import torch
 
+    from semiseg.precision import cpu_has_native_bf16
+
     if precision != "auto":
         return precision
     on_cpu = device == "cpu" or (device in (None, "auto") and not torch.cuda.is_available())
-    native = [getattr(torch.cpu, f, lambda: False) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if on_cpu and any(check() for check in native):  # private probes: absent from a torch without them
+    if on_cpu and cpu_has_native_bf16():
         return "bf16"
     return "auto"
 

@@ -209,6 +209,14 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # text and plots, not a blank page
 
 
+def test_a_bound_row_names_the_params_it_trains_with():
+    """Bounds trained with ``bounds: {params}`` (e.g. dropout) say so in their row; plain bounds read as before."""
+    from semiseg.benchmark.readme_table import _params_text
+
+    assert _params_text({}) == "" and _params_text(None) == ""
+    assert _params_text({"network": {"dropout": 0.5, "dropout_at": "bottleneck"}}) == "network.dropout 0.5, network.dropout_at bottleneck"
+
+
 def test_readme_table_is_generated_between_markers(bench, tmp_path):
     from semiseg.benchmark.readme_table import END, START, main, update_readme
 

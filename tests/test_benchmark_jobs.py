@@ -136,6 +136,37 @@ def test_an_entry_is_also_judged_against_its_own_supervised_baseline(tmp_path):
     assert "paired_vs_baseline" not in entries["supervised-light"]  # judged against the lower bound only
 
 
+def test_both_bounds_train_with_the_bounds_params_and_plain_supervised_becomes_an_entry(tmp_path):
+    """``bounds: {params}`` (issue 15: the best supervised model of the budget, e.g. with dropout) reaches both bounds'
+    training configs (and so their piece keys), is checked like supervised params, and frees plain supervised to be a baseline entry."""
+    from semiseg.benchmark.config import ConfigError, config_from_dict
+    from semiseg.benchmark.harness import train_config
+
+    data = make_dataset(tmp_path / "raw", ["l0", "l1"], ["u0"], ["t0"], shape=(8, 36, 36))
+    drop = {"network": {"dropout": 0.5, "dropout_at": "bottleneck"}}
+    raw = {"name": "tiny_bounds", "dataset": str(data), "split": {"labelled": ["l0"], "unlabelled": ["l1", "u0"], "test": ["t0"]},
+           "plan": {"overrides": tiny_overrides([8, 32, 32])}, "budget": {"iterations": 2}, "seeds": [0],
+           "bounds": {"params": drop},
+           "methods": [{"name": "supervised-plain", "method": "supervised", "params": {}},
+                       {"method": "mean-teacher", "baseline": "supervised-plain"}]}
+    cfg = config_from_dict(raw)
+    lower, upper, plain = cfg.entries()[:3]
+    assert (lower.params, upper.params, plain.params) == (drop, drop, {})
+    keys = {e.name: train_config(cfg, e, 0).method_params for e in cfg.entries()}  # what each piece is keyed and trained with
+    assert keys["lower"] == keys["upper"] == drop and keys["supervised-plain"] == {}
+    assert [m.baseline for m in cfg.methods] == ["lower", "supervised-plain"]
+    plain_bounds = config_from_dict({k: v for k, v in raw.items() if k != "bounds"} | {"methods": []})
+    assert plain_bounds.entries()[0].params == {}
+    with pytest.raises(ConfigError, match=r"methods\[0\]: supervised training with these params is the lower bound"):
+        config_from_dict({**raw, "methods": [{"name": "s", "method": "supervised", "params": drop}]})
+    with pytest.raises(ConfigError, match="no params is the lower bound"):
+        config_from_dict({**raw, "bounds": None})
+    with pytest.raises(ConfigError, match=r"bounds\.params: .*NetworkConfig"):
+        config_from_dict({**raw, "bounds": {"params": {"network": {"dropoutt": 0.5}}}})
+    with pytest.raises(ConfigError, match=r"bounds: expected \{params"):
+        config_from_dict({**raw, "bounds": {"network": drop["network"]}})
+
+
 def test_supervised_trains_the_network_its_params_name():
     from semiseg.config import Plan, TrainConfig
     from semiseg.methods import build_method

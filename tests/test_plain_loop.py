@@ -88,7 +88,9 @@ def test_calibration_pairs_cases_over_each_sides_seeds(pl, tmp_path):
     # case means: engine a 0.6, b 0.8, c 0.9; loop fp32 a 0.8, b 0.9, c 0.9 -> differences -0.2, -0.1, 0
     assert fp32["paired"]["n"] == 3 and fp32["paired"]["mean_diff"] == pytest.approx(-0.1)
     assert fp32["loop_seeds"] == [0, 1] and fp32["seeds"] == [0, 1] and not fp32["within"]
-    assert bf16["paired"]["mean_diff"] == pytest.approx(0.0) and bf16["within"]
+    assert bf16["paired"]["mean_diff"] == pytest.approx(0.0) and bf16["within"] and bf16["not_weaker"] and not fp32["not_weaker"]
+    above = pl.calibration_rows({"runs": [loop_run(0, {"a": 0.5, "b": 0.7, "c": 0.8})]}, [(res, "lower")])[0]
+    assert above["paired"]["mean_diff"] == pytest.approx(0.1) and not above["within"] and above["not_weaker"]  # stronger than the loop
     lo, hi = fp32["ci95_seeds_and_cases"]  # seed spread on both sides: wider than the cases alone give
     assert lo < fp32["paired"]["ci95"][0] <= fp32["paired"]["ci95"][1] <= hi
     md = pl.write_calibration(tmp_path / "loop.json", doc, [(res, "lower")], "python benchmarks/plain_loop.py --compare x")

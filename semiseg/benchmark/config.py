@@ -21,7 +21,10 @@ top-level fields, each replaced whole by the fields this file gives (another reg
 a name, a description and a split).
 
 The supervised lower bound (``lower``: labelled cases of the regime) and upper bound (``upper``: the
-regime's labelled and unlabelled cases, all with labels) are always part of the comparison.
+regime's labelled and unlabelled cases, all with labels) are always part of the comparison. Both train with
+``bounds: {params: {...}}`` (supervised params, e.g. ``{network: {dropout: 0.5, dropout_at: bottleneck}}``) where
+that is the best supervised model of the budget: the bound every method is judged against is never weakened to widen
+the gap (issue 15). A method that trains another network or regularisation names its own ``baseline`` entry.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ _BUDGET_OWNED = {"method", "iterations", "batch_size", "unlabelled_batch_size", 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _TOP_KEYS = {"name", "description", "tier", "dataset", "data_root", "split", "plan", "budget", "methods", "seeds",
              "predictor", "score_unlabelled", "work_dir", "results_dir", "postprocess",
-             "steps_of", "extends"}  # steps_of: written by with_iterations (the benchmark this one re-runs at another step count)
+             "steps_of", "extends", "bounds"}  # steps_of: written by with_iterations (the benchmark this one re-runs at another step count)
 
 
 def repo_root() -> Path:
@@ -114,10 +117,12 @@ class BenchmarkConfig:
     source: Path | None = None  # the file it was read from
     raw: dict[str, Any] = field(default_factory=dict)  # the file's content, kept in the results
     steps_override: int | None = None  # made by ``load_config(..., iterations=N)`` from the file's budget
+    bounds_params: dict[str, Any] = field(default_factory=dict)  # the supervised params both bounds train with
 
     def entries(self) -> list[MethodSpec]:
         """Lower bound, upper bound, then the methods: the order of runs and of every table."""
-        return [MethodSpec(LOWER, "supervised"), MethodSpec(UPPER, "supervised"), *self.methods]
+        return [MethodSpec(LOWER, "supervised", dict(self.bounds_params)), MethodSpec(UPPER, "supervised", dict(self.bounds_params)),
+                *self.methods]
 
     def entry(self, name: str) -> MethodSpec:
         for e in self.entries():
@@ -211,7 +216,23 @@ def _split(raw: Any, dataset: Path, where: str) -> dict[str, list[str]]:
     return split
 
 
-def _methods(raw: Any, where: str) -> list[MethodSpec]:
+def _bounds(raw: Any, where: str) -> dict[str, Any]:
+    """``bounds: {params: {...}}``: the supervised params of both bounds, checked as the supervised method checks them."""
+    from semiseg.benchmark.runners import runner_for
+
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping) or set(raw) - {"params"} or not isinstance(raw.get("params", {}), Mapping):
+        raise ConfigError(f"{where}: expected {{params: {{...}}}}, the supervised params both bounds train with")
+    params = dict(raw.get("params") or {})
+    try:
+        runner_for("supervised").check_params("supervised", params)
+    except ValueError as e:
+        raise ConfigError(f"{where}.params: {e}") from None
+    return params
+
+
+def _methods(raw: Any, where: str, bounds: Mapping[str, Any] | None = None) -> list[MethodSpec]:
     from semiseg.benchmark.runners import runner_for
 
     if raw is None:
@@ -232,8 +253,9 @@ def _methods(raw: Any, where: str) -> list[MethodSpec]:
             raise ConfigError(f"{w}.params: expected a mapping")
         if spec.name in ROLES:
             raise ConfigError(f"{w}: '{spec.name}' is reserved for the supervised bound, which every benchmark runs")
-        if spec.method == "supervised" and not spec.params:
-            raise ConfigError(f"{w}: plain supervised training is the lower bound, which every benchmark runs already")
+        if spec.method == "supervised" and spec.params == dict(bounds or {}):
+            raise ConfigError(f"{w}: supervised training with {'these params' if spec.params else 'no params'} is the lower "
+                              "bound, which every benchmark runs already")
         try:
             runner_for(spec.method).check_params(spec.method, spec.params)
         except ValueError as e:
@@ -299,13 +321,14 @@ def config_from_dict(raw: Mapping[str, Any], source: Path | None = None) -> Benc
         build_pipeline(postprocess, dataset)
     except (TypeError, ValueError, KeyError) as e:
         raise ConfigError(f"{where}: postprocess: {e}") from None
+    bounds = _bounds(raw.get("bounds"), f"{where}: bounds")
     work = _resolve(raw.get("work_dir", f"runs/bench/{name}"), root)
     results = _resolve(raw.get("results_dir", "benchmarks/results"), root)
     return BenchmarkConfig(
-        name=name, dataset=dataset, split=split, plan=plan, budget=budget, methods=_methods(raw.get("methods"), f"{where}: methods"),
+        name=name, dataset=dataset, split=split, plan=plan, budget=budget, methods=_methods(raw.get("methods"), f"{where}: methods", bounds),
         seeds=list(seeds), predictor=predictor, score_unlabelled=bool(raw.get("score_unlabelled", False)),
         postprocess=[dict(s) for s in postprocess], work_dir=work, results_dir=results, tier=str(raw.get("tier", "cpu")), description=str(raw.get("description", "")),
-        source=source, raw=dict(raw),
+        source=source, raw=dict(raw), bounds_params=bounds,
     )
 
 

@@ -47,6 +47,14 @@ def _baseline_text(c: Mapping[str, Any] | None) -> str:
     return f"{c['baseline']}: {f'**{diff}**' if c.get('verdict') != 'not distinguishable' else diff}"
 
 
+def _params_text(params: Mapping[str, Any] | None, prefix: str = "") -> str:
+    """``network.dropout 0.5, network.dropout_at bottleneck``: what a bound trains with beyond plain supervised."""
+    out = []
+    for k, v in (params or {}).items():
+        out.append(_params_text(v, f"{prefix}{k}.") if isinstance(v, Mapping) else f"{prefix}{k} {v}")
+    return ", ".join(x for x in out if x)
+
+
 def table_for(doc: Mapping[str, Any], source: str) -> str:
     """One benchmark: heading with its regime and budget, a row per entry, and the provenance line."""
     b = doc["benchmark"]
@@ -69,7 +77,8 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
     ]
     for name, e in doc["entries"].items():
         fg = e["foreground"]
-        label = {LOWER: "lower bound (supervised, labelled only)", UPPER: "upper bound (supervised, all labelled)"}.get(name, name)
+        label = {LOWER: "lower bound (supervised, labelled only", UPPER: "upper bound (supervised, all labelled"}.get(name)
+        label = name if label is None else label + (f"; {_params_text(e.get('params'))})" if e.get("params") else ")")
         gc_text = _gap_text(name, e.get("gap_closure"))
         t, ram = e["train_wall_time_s"].get("mean"), e["peak_rss_mb"].get("max")
         t_text = "n/a" if t is None else f"{t / 60:.1f}"

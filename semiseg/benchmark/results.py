@@ -66,13 +66,16 @@ def cpu_model() -> str | None:
 
 
 def machine_info(device: str | None = None) -> dict[str, Any]:
-    """Where a number was measured: OS, CPU, cores, RAM, torch and the compute device."""
+    """Where a number was measured: OS, CPU, cores, RAM, torch, the compute device, and whether the CPU runs bf16
+    natively (without it bf16 steps are emulated and an order of magnitude slower: semiseg.precision)."""
     import psutil
     import torch
 
+    from semiseg.precision import cpu_has_native_bf16
+
     info: dict[str, Any] = {
         "hostname": platform.node(), "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
+        "cpu_model": cpu_model(), "cpu_native_bf16": cpu_has_native_bf16(),
         "cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "ram_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
@@ -84,9 +87,13 @@ def machine_info(device: str | None = None) -> dict[str, Any]:
 
 
 def cpu_model_text(run: Mapping[str, Any]) -> str:
-    """`` (model)`` for a run's machine line when the CPU model was recorded (older runs did not record it)."""
-    model = run.get("machine", {}).get("cpu_model")
-    return f" ({model})" if model else ""
+    """`` (model)`` for a run's machine line when the CPU model was recorded (older runs did not record it), with
+    ``no native bf16`` where that was recorded false."""
+    m = run.get("machine", {})
+    parts = [m["cpu_model"]] if m.get("cpu_model") else []
+    if m.get("cpu_native_bf16") is False:
+        parts.append("no native bf16")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def provenance(device: str | None = None, command: Sequence[str] | None = None) -> dict[str, Any]:

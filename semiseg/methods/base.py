@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from semiseg import distributed
+from semiseg.precision import warn_if_slow_bf16
 from semiseg.methods.params import NoParams, parse_params
 from semiseg.methods.rampup import poly_lr
 
@@ -79,6 +80,7 @@ class Method(nn.Module):
             return
         if precision == "bf16":
             self.autocast_dtype = torch.bfloat16
+            warn_if_slow_bf16(device)
         elif device.type == "cuda":  # auto or fp16
             self.scaler = torch.amp.GradScaler("cuda")
             self.autocast_dtype = torch.float16
