@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from semiseg import distributed
-from semiseg.precision import warn_if_slow_bf16
 from semiseg.methods.params import NoParams, parse_params
 from semiseg.methods.rampup import poly_lr
+from semiseg.precision import warn_if_slow_bf16
 
 
 @dataclass
