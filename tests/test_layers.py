@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "semiseg"
 # bottom first; a module belongs to the floor of the longest prefix that names it ("semiseg" names only the
 # package itself, so a new top-level module has no floor until it is given one)
 LAYERS: list[tuple[str, list[str]]] = [
-    ("base", ["semiseg.atomic", "semiseg.grid", "semiseg.profiling", "semiseg.argtypes"]),
+    ("base", ["semiseg.atomic", "semiseg.grid", "semiseg.profiling", "semiseg.argtypes", "semiseg.precision"]),
     ("config", ["semiseg.config"]),
     ("data", ["semiseg.data"]),
     ("blocks", ["semiseg.distributed", "semiseg.networks", "semiseg.losses", "semiseg.evaluation", "semiseg.postprocess",
