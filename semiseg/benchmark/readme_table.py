@@ -77,8 +77,9 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
     ]
     for name, e in doc["entries"].items():
         fg = e["foreground"]
-        label = {LOWER: "lower bound (supervised, labelled only", UPPER: "upper bound (supervised, all labelled"}.get(name)
-        label = name if label is None else label + (f"; {_params_text(e.get('params'))})" if e.get("params") else ")")
+        bound = {LOWER: "lower bound (supervised, labelled only", UPPER: "upper bound (supervised, all labelled"}.get(name)
+        params = _params_text(e.get("params"))
+        label = name if bound is None else f"{bound}{'; ' + params if params else ''})"
         gc_text = _gap_text(name, e.get("gap_closure"))
         t, ram = e["train_wall_time_s"].get("mean"), e["peak_rss_mb"].get("max")
         t_text = "n/a" if t is None else f"{t / 60:.1f}"
