@@ -217,6 +217,26 @@ def test_a_bound_row_names_the_params_it_trains_with():
     assert _params_text({"network": {"dropout": 0.5, "dropout_at": "bottleneck"}}) == "network.dropout 0.5, network.dropout_at bottleneck"
 
 
+def test_commands_naming_a_renamed_config_or_entry_say_which_file_reruns_them():
+    """Results moved to another config (a precision ablation renamed, an entry renamed) keep their commands as run;
+    the provenance line then names the file and entries that rerun them today, and says nothing when all match."""
+    from semiseg.benchmark.results import renamed_since
+
+    def doc(config: str, *commands: str) -> dict:
+        return {"benchmark": {"config_file": config}, "entries": {"lower": {}, "upper": {}}, "missing": ["bcp/seed_0"],
+                "runs": [{"command": c} for c in commands]}
+
+    same = doc("./benchmarks/a_cpu.yaml", "semiseg --quiet --threads 1 benchmark benchmarks/a_cpu.yaml --only lower upper --seeds 0",
+               "semiseg benchmark benchmarks/a_cpu.yaml --only bcp --seeds 0 --iterations 6000")
+    assert renamed_since(same) is None
+    moved = doc("./benchmarks/a_bf16_cpu.yaml", "semiseg benchmark benchmarks/a_cpu.yaml --only supervised-dropout lower --seeds 1",
+                "semiseg benchmark benchmarks/a_bf16_cpu.yaml --only upper")
+    text = renamed_since(moved)
+    assert text is not None and "config benchmarks/a_cpu.yaml" in text and "entries supervised-dropout" in text
+    assert "now benchmarks/a_bf16_cpu.yaml's" in text and "lower" not in text.split("entries")[1].split(" as ")[0]
+    assert renamed_since({"benchmark": {}, "runs": [{"command": "semiseg benchmark x.yaml"}]}) is None  # no config file recorded
+
+
 def test_readme_table_is_generated_between_markers(bench, tmp_path):
     from semiseg.benchmark.readme_table import END, START, main, update_readme
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from semiseg.benchmark.config import LOWER, UPPER, repo_root
 from semiseg.benchmark.paired import format_diff, format_number, format_p, format_p_value
-from semiseg.benchmark.results import cpu_model_text, load_results, pseudo_label_rounds
+from semiseg.benchmark.results import cpu_model_text, load_results, pseudo_label_rounds, renamed_since
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -98,7 +98,8 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
     machines = sorted({f"{r['machine'].get('cpu_count')} CPU cores{cpu_model_text(r)}, {r['train'].get('device')}, torch {r['machine'].get('torch')}" for r in runs})
     gap, gap_pp = doc.get("supervised_gap", {}), doc.get("supervised_gap_postprocessed") or {}
     lines += ["", f"Source: `{source}`; command: {', '.join(f'`{c}`' for c in commands) or 'n/a'}; commit {', '.join(commits) or 'n/a'}; "
-                  f"machine: {'; '.join(machines) or 'n/a'}." + (f" Note: {gap['warning']}." if gap.get("warning") else "")
+                  f"machine: {'; '.join(machines) or 'n/a'}." + (f" {renamed}." if (renamed := renamed_since(doc)) else "")
+              + (f" Note: {gap['warning']}." if gap.get("warning") else "")
               + (" Δ Dice vs lower: each test case of each seed against the lower bound's on the same case and seed, mean with "
                  "a 95% bootstrap CI over those pairs (bold: the CI excludes 0) and the Wilcoxon signed-rank p."
                  if any(e.get("paired_vs_lower") for e in doc["entries"].values()) else "")

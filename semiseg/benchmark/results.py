@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -104,6 +105,50 @@ def provenance(device: str | None = None, command: Sequence[str] | None = None) 
         "machine": machine_info(device),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+
+def _command_config(command: str) -> tuple[str | None, list[str]]:
+    """The config path and the ``--only`` entries of a recorded ``semiseg ... benchmark CONFIG ...`` command."""
+    words = shlex.split(command)
+    if "benchmark" not in words:
+        return None, []
+    rest = words[words.index("benchmark") + 1:]
+    config = next((w for w in rest if not w.startswith("-") and w.endswith((".yaml", ".yml", ".json"))), None)
+    only: list[str] = []
+    if "--only" in rest:
+        for w in rest[rest.index("--only") + 1:]:
+            if w.startswith("-"):
+                break
+            only.append(w)
+    return config, only
+
+
+def renamed_since(doc: Mapping[str, Any]) -> str | None:
+    """A sentence for the provenance line when recorded commands name a config or entries that these results no
+    longer go by (a config renamed or repointed, an entry renamed, results migrated between files): the commands
+    stay as run, at their commits, and this says which file and entries rerun them today. None when all match."""
+    config = str(doc.get("benchmark", {}).get("config_file") or "")
+    if not config:
+        return None
+    root = repo_root()  # commands run in the checkout; config_file is relative to it, or resolved by load_results
+    here = (root / config).resolve()
+    names = set(doc.get("entries", {})) | {str(m).split("/")[0] for m in doc.get("missing", [])}
+    old_configs, old_entries = set(), set()
+    for r in doc.get("runs", []):
+        cmd_config, only = _command_config(str(r.get("command", "")))
+        if cmd_config is not None and (root / cmd_config).resolve() != here:
+            old_configs.add(cmd_config)
+        old_entries.update(e for e in only if e not in names)
+    if not old_configs and not old_entries:
+        return None
+    parts = []
+    if old_configs:
+        parts.append(f"config {', '.join(sorted(old_configs))}")
+    if old_entries:
+        parts.append(f"entries {', '.join(sorted(old_entries))}")
+    return (f"Commands are as run, at their commits; they name {' and '.join(parts)} as things were then: these "
+            f"results are now {portable_text(str(here)).removeprefix('./')}'s, rerun with that file and the entries in the table")
 
 
 # -- numbers ---------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import numpy as np
 from semiseg.atomic import atomic_write_text, save_png
 from semiseg.benchmark.config import LOWER, UPPER
 from semiseg.benchmark.paired import format_diff, format_number, format_p, format_p_value
-from semiseg.benchmark.results import cpu_model_text, load_results, pseudo_label_rounds
+from semiseg.benchmark.results import cpu_model_text, load_results, pseudo_label_rounds, renamed_since
 from semiseg.benchmark.thumbnails import best_and_worst, case_files
 
 _COLOURS = {LOWER: "#7f7f7f", UPPER: "#2f2f2f"}
@@ -398,7 +398,8 @@ def _meta(doc: Mapping[str, Any]) -> str:
         ("plan", f"spacing {plan.get('target_spacing')} mm (z, y, x), patch {plan.get('patch_size')}, {net.get('arch')} {net.get('features')}"
                  if plan else "several plans (see the results file)"), ("predictor", json.dumps(b["predictor"] or "defaults")),
         ("seeds", ", ".join(map(str, b["seeds"]))), ("config", b.get("config_file") or "(given as a mapping, not a file)"),
-        ("run commands", " | ".join(commands)), ("git commits", ", ".join(commits)), ("machines", " | ".join(machines)),
+        ("run commands", " | ".join(commands) + (f" ({renamed})" if (renamed := renamed_since(doc)) else "")),
+        ("git commits", ", ".join(commits)), ("machines", " | ".join(machines)),
         ("machine load at training start (1-min load average)", f"{min(loads):.1f} to {max(loads):.1f}" if loads else "n/a"),
         ("results written", f"{w['time']} by <code>{html.escape(w['command'])}</code>"),
     ]
