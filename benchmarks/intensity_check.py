@@ -12,6 +12,7 @@ Results: benchmarks/results/intensity_check.md (with the command and commit).
 """
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 from pathlib import Path
@@ -65,7 +66,9 @@ def check(config: str) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    configs = argv or DEFAULT
+    ap = argparse.ArgumentParser(prog="python benchmarks/intensity_check.py", description=__doc__.splitlines()[0])
+    ap.add_argument("configs", nargs="*", help=f"benchmark configs (default: {' '.join(DEFAULT)}, and the results file is written)")
+    configs = ap.parse_args(argv).configs or DEFAULT
     body = [line for c in configs for line in check(c)]
     cmd = "python benchmarks/intensity_check.py" + ("" if not argv else " " + " ".join(shlex.quote(a) for a in argv))
     text = "\n".join(["# Label-free intensity check against the bounds' per-case Dice", "",
