@@ -110,7 +110,10 @@ def provenance(device: str | None = None, command: Sequence[str] | None = None) 
 
 def _command_config(command: str) -> tuple[str | None, list[str]]:
     """The config path and the ``--only`` entries of a recorded ``semiseg ... benchmark CONFIG ...`` command."""
-    words = shlex.split(command)
+    try:
+        words = shlex.split(command)
+    except ValueError:  # recorded as argv joined by spaces, so an argument with a lone quote does not parse
+        words = command.split()
     if "benchmark" not in words:
         return None, []
     rest = words[words.index("benchmark") + 1:]
