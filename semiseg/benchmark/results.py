@@ -26,6 +26,7 @@ import shlex
 import subprocess
 import sys
 import time
+from itertools import takewhile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -107,7 +108,6 @@ def provenance(device: str | None = None, command: Sequence[str] | None = None) 
     }
 
 
-
 def _command_config(command: str) -> tuple[str | None, list[str]]:
     """The config path and the ``--only`` entries of a recorded ``semiseg ... benchmark CONFIG ...`` command."""
     try:
@@ -118,12 +118,7 @@ def _command_config(command: str) -> tuple[str | None, list[str]]:
         return None, []
     rest = words[words.index("benchmark") + 1:]
     config = next((w for w in rest if not w.startswith("-") and w.endswith((".yaml", ".yml", ".json"))), None)
-    only: list[str] = []
-    if "--only" in rest:
-        for w in rest[rest.index("--only") + 1:]:
-            if w.startswith("-"):
-                break
-            only.append(w)
+    only = list(takewhile(lambda w: not w.startswith("-"), rest[rest.index("--only") + 1:])) if "--only" in rest else []
     return config, only
 
 
