@@ -148,6 +148,32 @@ def test_fresh_clone_extends_committed_results_instead_of_dropping_them(bench, t
     assert restore_pieces(changed, prepare(changed, progress=False)) == 2  # lower and upper only
 
 
+def test_pieces_restore_across_plans_that_differ_only_in_median_shape(bench, tmp_path):
+    """median_shape is planning's input to patch_size, which is keyed itself: LA-SSL-8's upper bound trains exactly
+    as LA-SSL-4's (all 40 labelled) though the regimes' median shapes differ, so its runs restore. A file written
+    while pieces keyed with and without median_shape were mixed restores too; another patch size does not."""
+    from semiseg.benchmark.harness import collect_pieces, prepare, restore_pieces
+
+    doc = json.loads(bench["results"].read_text())
+    assert "median_shape" not in doc["plan"]  # written by this version: the field is not in keys
+
+    def restored(plan: object, name: str) -> int:
+        results = tmp_path / name
+        results.mkdir()
+        (results / "tiny.json").write_text(json.dumps({**doc, "plan": plan}))
+        cfg = config_from_dict(raw_config(bench["data"], bench["base"], work_dir=str(tmp_path / name / "work"), results_dir=str(results)))
+        layout = prepare(cfg, progress=False)
+        n = restore_pieces(cfg, layout)
+        assert len(collect_pieces(cfg, layout)[0]) == n  # what was restored counts as finished, not stale
+        return n
+
+    older = {**doc["plan"], "median_shape": [7, 40, 40]}  # as keyed before, under another regime's median shape
+    assert restored(older, "older") == 3
+    assert restored([doc["plan"], older], "mixed") == 3
+    assert restored({**older, "patch_size": [8, 16, 16]}, "patch") == 0
+    assert restored([doc["plan"], {**doc["plan"], "patch_size": [8, 16, 16]}], "two_plans") == 0
+
+
 def test_changed_budget_is_refused_not_mixed(bench):
     cfg = config_from_dict(raw_config(bench["data"], bench["base"], budget={"iterations": 4}))
     with pytest.raises(ConfigError, match="different train_config"):

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from semiseg.atomic import link_or_copy
 from semiseg.benchmark.config import UPPER, BenchmarkConfig, ConfigError, MethodSpec
-from semiseg.benchmark.results import aggregate, provenance
+from semiseg.benchmark.results import aggregate, comparable_plan, provenance
 from semiseg.benchmark.runners import SelfTrainRunner, runner_for
 from semiseg.config import ALL_AXES, Plan, TrainConfig, comparable_train_config
 from semiseg.data.io import atomic_write_json
@@ -95,7 +95,8 @@ def _train_key(tc: TrainConfig) -> dict[str, Any]:
 
 def _plan_key(plan: Plan) -> dict[str, Any]:
     """The plan as keyed; ``mirror_axes``, ``network.dropout_at``, ``foreground_inside`` and ``label_resampling`` are
-    left out at their defaults (padded patches, linear) so pieces made before those fields existed stay valid."""
+    left out at their defaults (padded patches, linear) so pieces made before those fields existed stay valid, and
+    the fields no number depends on (``results.UNKEYED_PLAN_FIELDS``) always."""
     d = dataclasses.asdict(plan)
     if tuple(d.get("mirror_axes", ALL_AXES)) == ALL_AXES:
         d.pop("mirror_axes", None)
@@ -105,7 +106,7 @@ def _plan_key(plan: Plan) -> dict[str, Any]:
         d.pop("foreground_inside", None)
     if d.get("label_resampling", "linear") == "linear":  # and label_resampling (stop 26)
         d.pop("label_resampling", None)
-    return d
+    return comparable_plan(d)
 
 
 def _as_json(obj: Any) -> Any:
@@ -334,7 +335,7 @@ def collect_pieces(cfg: BenchmarkConfig, layout: Layout) -> tuple[list[dict[str,
     for entry in cfg.entries():
         for path in sorted((layout.work / "pieces" / entry.name).glob("seed_*.json")):
             p = json.loads(path.read_text())
-            if p.get("key") == piece_key(cfg, entry, int(p["seed"]), plan):
+            if stored_key(p) == piece_key(cfg, entry, int(p["seed"]), plan):
                 pieces.append(p)
             else:
                 stale.append(str(path))
@@ -352,7 +353,7 @@ def postprocess_pieces(cfg: BenchmarkConfig, layout: Layout, progress: bool = Fa
     for entry in cfg.entries():
         for path in sorted((layout.work / "pieces" / entry.name).glob("seed_*.json")):
             p = json.loads(path.read_text())
-            if p.get("key") == piece_key(cfg, entry, int(p["seed"]), plan) and not is_current(p, cfg.postprocess):
+            if stored_key(p) == piece_key(cfg, entry, int(p["seed"]), plan) and not is_current(p, cfg.postprocess):
                 try:
                     done += score_piece(path, cfg.postprocess, cfg.dataset, progress)
                 except FileNotFoundError as e:  # predictions deleted: the raw scores stand, the entry shows no post-processed ones
@@ -371,7 +372,7 @@ def thumbnail_pieces(cfg: BenchmarkConfig, layout: Layout) -> int:
         if not path.is_file():
             continue
         p = json.loads(path.read_text())
-        if p.get("thumbnails") or p.get("key") != piece_key(cfg, entry, seed, plan):
+        if p.get("thumbnails") or stored_key(p) != piece_key(cfg, entry, seed, plan):
             continue
         made = piece_thumbnails(p["test"], cfg.results_dir / f"{cfg.name}_thumbnails", f"{entry.name}_seed_{seed}")
         if made:
@@ -390,6 +391,15 @@ def write_results(cfg: BenchmarkConfig, layout: Layout, skipped: Sequence[dict[s
     return cfg.results_file
 
 
+def stored_key(piece: dict[str, Any]) -> dict[str, Any]:
+    """A finished piece's key as compared: its plan without the unkeyed fields, which keys written before they
+    were left out still hold."""
+    key = dict(piece.get("key", {}))
+    if isinstance(key.get("plan"), dict):
+        key["plan"] = comparable_plan(key["plan"])
+    return key
+
+
 def restore_pieces(cfg: BenchmarkConfig, layout: Layout) -> int:
     """Write back, from the committed results file, the pieces this work folder lacks; returns how many.
 
@@ -403,9 +413,13 @@ def restore_pieces(cfg: BenchmarkConfig, layout: Layout) -> int:
     from semiseg.benchmark.results import load_results
 
     doc = load_results(cfg.results_file)
-    plan = doc.get("plan")
-    if not isinstance(plan, dict):  # several plans in one file: keys cannot be rebuilt unambiguously
+    plans = doc.get("plan")
+    # a list: several plans in one file, restorable only where they are one plan up to the unkeyed fields
+    distinct = {json.dumps(comparable_plan(p), sort_keys=True) for p in (plans if isinstance(plans, list) else [plans])
+                if isinstance(p, dict)}
+    if len(distinct) != 1:
         return 0
+    plan = json.loads(distinct.pop())
     names = {e.name: e for e in cfg.entries()}
     restored = 0
     for run in doc.get("runs", []):
@@ -426,7 +440,7 @@ def _check_piece(path: Path, key: dict[str, Any]) -> bool:
     """True if finished under this configuration; raise if finished under another one."""
     if not path.is_file():
         return False
-    old = json.loads(path.read_text()).get("key", {})
+    old = stored_key(json.loads(path.read_text()))
     if old == key:
         return True
     diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
