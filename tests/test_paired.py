@@ -117,3 +117,39 @@ def test_seeds_and_cases_ci_holds_both_spreads():
     assert seeds_and_cases_ci(b[:, :1], b[:, :1]) is None
     with pytest.raises(ValueError, match="same cases"):
         seeds_and_cases_ci(b, b[:, :5])
+
+
+def test_paired_gap_closure_recovers_a_known_fraction_and_brackets_it():
+    from semiseg.benchmark.paired import format_closure, paired_gap_closure
+
+    rng = np.random.default_rng(3)
+    low = _baseline()
+    gap = {k: float(v) for k, v in zip(KEYS, rng.uniform(0.05, 0.15, len(KEYS)))}
+    up = {k: low[k] + gap[k] for k in KEYS}
+    half = {k: low[k] + 0.5 * gap[k] for k in KEYS}  # closes exactly half of every pair's gap
+    c = paired_gap_closure(half, low, up)
+    assert c["n"] == 24 and c["closure"] == pytest.approx(0.5) and c["ci95"] == pytest.approx([0.5, 0.5])
+    noisy = {k: v + float(e) for (k, v), e in zip(half.items(), rng.normal(0, 0.03, len(KEYS)))}
+    c = paired_gap_closure(noisy, low, up)
+    assert c["ci95"][0] < c["closure"] < c["ci95"][1] and c["ci95"][1] - c["ci95"][0] > 0.1
+    assert paired_gap_closure(noisy, low, up) == c  # seeded
+    assert paired_gap_closure(half, low, low)["closure"] is None  # no gap, no closure
+    one = paired_gap_closure({KEYS[0]: half[KEYS[0]]}, low, up)
+    assert one["n"] == 1 and one["closure"] == pytest.approx(0.5) and one["ci95"] is None
+    assert format_closure({"closure": 0.9008, "ci95": [0.7059, 1.1208]}) == "0.90 [0.71, 1.12]" and format_closure(None) == "n/a"
+
+
+def test_gap_closure_of_every_method_is_paired_on_the_pairs_it_shares_with_both_bounds():
+    from semiseg.benchmark.results import add_paired_gap_closure, with_paired
+
+    low = {"0": {"a": 0.5, "b": 0.6}, "1": {"a": 0.55, "b": 0.65}}
+    lift = lambda d, x: {s: {c: v + x for c, v in cases.items()} for s, cases in d.items()}  # noqa: E731
+    entries = {"lower": _entry(low), "upper": _entry(lift(low, 0.2)), "m": _entry(lift({"0": low["0"]}, 0.15))}
+    for e in entries.values():
+        e["gap_closure"] = {"of_means": None}
+    add_paired_gap_closure(entries)
+    assert entries["m"]["gap_closure"]["paired"]["n"] == 2 and entries["m"]["gap_closure"]["paired"]["closure"] == pytest.approx(0.75)
+    assert "paired" not in entries["lower"]["gap_closure"] and "paired" not in entries["upper"]["gap_closure"]
+    del entries["m"]["gap_closure"]["paired"]  # a file written before the field existed gets it on load
+    doc = with_paired({"entries": entries})
+    assert doc["entries"]["m"]["gap_closure"]["paired"]["closure"] == pytest.approx(0.75)

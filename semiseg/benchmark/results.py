@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from semiseg.benchmark.config import LOWER, UPPER, BenchmarkConfig, default_data_root, repo_root
-from semiseg.benchmark.paired import paired_comparison
+from semiseg.benchmark.paired import paired_comparison, paired_gap_closure
 
 SCHEMA = 1
 METRICS = ("DSC", "IoU", "NSD", "HD95", "ASD")
@@ -278,6 +278,7 @@ def add_gap_closure(entries: dict[str, dict[str, Any]], suffix: str = "") -> dic
             "over_seeds": spread(per_seed.values()),
             "of_means": gap_closure(e[fg]["DSC"]["mean"], lo_mean, up_mean),
         }
+    add_paired_gap_closure(entries, suffix)
     gaps = {s: up[s] - lo[s] for s in lo if s in up and lo[s] is not None and up[s] is not None}
     gap = {"available": True, "per_seed": gaps, "over_seeds": spread(gaps.values()),
            "of_means": None if lo_mean is None or up_mean is None else up_mean - lo_mean, "min_meaningful": MIN_GAP}
@@ -290,6 +291,18 @@ def add_gap_closure(entries: dict[str, dict[str, Any]], suffix: str = "") -> dic
 def _case_dice_by_pair(entry: Mapping[str, Any], suffix: str = "") -> dict[tuple[str, str], float | None]:
     """Case Dice keyed by (seed, case): the unit on which two entries are paired."""
     return {(s, c): v for s, ps in entry["per_seed" + suffix].items() for c, v in ps.get("per_case_dice", {}).items()}
+
+
+def add_paired_gap_closure(entries: dict[str, dict[str, Any]], suffix: str = "") -> None:
+    """``gap_closure<suffix>.paired`` of every method entry: the closure over the (seed, case) pairs it shares with
+    both bounds, with a bootstrap CI (:func:`semiseg.benchmark.paired.paired_gap_closure`)."""
+    out = "gap_closure" + suffix
+    if LOWER not in entries or UPPER not in entries or "per_seed" + suffix not in entries[UPPER]:
+        return
+    lo, up = _case_dice_by_pair(entries[LOWER], suffix), _case_dice_by_pair(entries[UPPER], suffix)
+    for name, e in entries.items():
+        if name not in (LOWER, UPPER) and isinstance(e.get(out), dict) and "per_seed" + suffix in e:
+            e[out]["paired"] = paired_gap_closure(_case_dice_by_pair(e, suffix), lo, up)
 
 
 def add_paired_vs_lower(entries: dict[str, dict[str, Any]], suffix: str = "") -> dict[str, Any] | None:
@@ -418,9 +431,14 @@ def load_results(path: str | Path) -> dict[str, Any]:
 
 
 def with_paired(doc: dict[str, Any]) -> dict[str, Any]:
-    """``doc`` with the paired comparison filled in when it was written before that existed: the per-case scores
-    it needs are in every results file (the post-processed one needs per-case scores older files lack)."""
+    """``doc`` with the paired comparison and the paired gap closure filled in when it was written before they
+    existed: the per-case scores they need are in every results file (the post-processed ones need per-case scores
+    older files lack)."""
     gap = doc.get("supervised_gap")
     if isinstance(gap, dict) and "paired" not in gap:
         gap["paired"] = add_paired_vs_lower(doc["entries"])
+    for suffix in ("", "_postprocessed"):
+        if any(isinstance(e.get("gap_closure" + suffix), dict) and "paired" not in e["gap_closure" + suffix]
+               for n, e in doc["entries"].items() if n not in (LOWER, UPPER)):
+            add_paired_gap_closure(doc["entries"], suffix)
     return doc

@@ -20,7 +20,7 @@ import numpy as np
 
 from semiseg.atomic import atomic_write_text, save_png
 from semiseg.benchmark.config import LOWER, UPPER
-from semiseg.benchmark.paired import format_diff, format_number, format_p, format_p_value
+from semiseg.benchmark.paired import format_closure, format_diff, format_number, format_p, format_p_value
 from semiseg.benchmark.results import cpu_model_text, load_results, pseudo_label_rounds, renamed_since
 from semiseg.benchmark.thumbnails import best_and_worst, case_files
 
@@ -296,7 +296,9 @@ def _figure_html(path: Path | None, caption: str) -> str:
 _PAIRED_TEXT = ("Each entry's foreground Dice on every test case of every seed minus the lower bound's on the same case "
                 "and seed: mean difference with a 95% percentile-bootstrap CI ({resamples} resamples of the pairs, RNG seed "
                 "{rng_seed}) and the two-sided Wilcoxon signed-rank p. An entry beats the lower bound only when the whole CI "
-                "is above 0; pairs of one case over seeds are not independent, so read the CI as optimistic.")
+                "is above 0; pairs of one case over seeds are not independent, so read the CI as optimistic. Gap closure, "
+                "paired: mean(entry - lower) / mean(upper - lower) over the pairs all three share, its CI from the same "
+                "resampling.")
 
 
 def _paired_cells(name: str, c: Mapping[str, Any] | None) -> list[str]:
@@ -324,7 +326,8 @@ def _summary_table(doc: Mapping[str, Any]) -> str:
     """Narrow tables (accuracy, paired with the lower bound, after post-processing, cost) rather than one wider than the page."""
     pp = any("foreground_postprocessed" in e for e in doc["entries"].values())
     acc_head = ["entry", "seeds", "Dice (mean ± sd)", "gap closure (of means)", "gap closure (per seed)", "IoU", "NSD", "HD95 mm", "ASD mm"]
-    paired_head = ["entry", "pairs", "Δ Dice vs lower [95% CI]", "p (Wilcoxon)", "verdict", "Δ Dice vs own baseline [95% CI]"]
+    paired_head = ["entry", "pairs", "Δ Dice vs lower [95% CI]", "p (Wilcoxon)", "verdict", "gap closure, paired [95% CI]",
+                   "Δ Dice vs own baseline [95% CI]"]
     pp_head = ["entry", "Dice", "gap closure (of means)", "gap closure (per seed)", "Δ Dice vs lower [95% CI]", "p (Wilcoxon)", "NSD", "HD95 mm"]
     cost_head = ["entry", "method and parameters", "train s", "s/step", "peak RSS MB"]
     acc, paired, post, cost = [], [], [], []
@@ -340,6 +343,7 @@ def _summary_table(doc: Mapping[str, Any]) -> str:
         none = name == LOWER or pv is None
         own = e.get("paired_vs_baseline")
         paired.append((name, [name, "-" if none else str(pv["n"]), *_paired_cells(name, pv), "-" if none else pv["verdict"],
+                              "-" if bound or not gc.get("paired") else format_closure(gc["paired"]),
                               "-" if own is None else f"{own['baseline']}: {format_diff(own)}, p {format_p(own)}"]))
         if pp:
             fp = e.get("foreground_postprocessed") or {}
