@@ -6,7 +6,8 @@
 - ``semiseg.losses.robust``: DLUNet's noise-robust Dice and Taylor cross-entropy.
 - :func:`soft_dice` differentiable soft Dice over probabilities (used by consistency methods).
 - :func:`masked_dice_ce` Dice + CE on a region of the voxels only (BCP's mixed images: labels in one region,
-  pseudo-labels in the other, each region its own weight).
+  pseudo-labels in the other, each region its own weight); :func:`masked_ce` its CE alone (confident
+  pseudo-labels, as FixMatch-style code with ``ignore_index``).
 """
 from __future__ import annotations
 
@@ -53,12 +54,21 @@ def dice_ce(output: torch.Tensor | Sequence[torch.Tensor], label: torch.Tensor) 
     return loss
 
 
-def masked_dice_ce(logits: torch.Tensor, label: torch.Tensor, region: torch.Tensor, eps: float = 1e-16) -> torch.Tensor:
-    """Dice + CE over the voxels where ``region`` (bool, or voxel weights >= 0, broadcastable to (B, 1, Z, Y, X)) holds:
-    CE as the weighted mean over those voxels, soft Dice (background excluded) of the probabilities and one-hot
-    target weighted alike."""
+def _target_and_weights(logits: torch.Tensor, label: torch.Tensor, region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     target = label[:, 0].long() if label.ndim == logits.ndim else label.long()
-    w = region.to(logits.device).float().expand(target.shape[0], 1, *target.shape[1:])
-    ce = (F.cross_entropy(logits.float(), target, reduction="none") * w[:, 0]).sum() / (w.sum() + eps)
+    return target, region.to(logits.device).float().expand(target.shape[0], 1, *target.shape[1:])
+
+
+def masked_ce(logits: torch.Tensor, label: torch.Tensor, region: torch.Tensor, eps: float = 1e-16) -> torch.Tensor:
+    """CE as the weighted mean over the voxels where ``region`` (bool, or voxel weights >= 0, broadcastable to
+    (B, 1, Z, Y, X)) holds: the pseudo-label loss of FixMatch-style code (``ignore_index`` on unconfident voxels)."""
+    target, w = _target_and_weights(logits, label, region)
+    return (F.cross_entropy(logits.float(), target, reduction="none") * w[:, 0]).sum() / (w.sum() + eps)
+
+
+def masked_dice_ce(logits: torch.Tensor, label: torch.Tensor, region: torch.Tensor, eps: float = 1e-16) -> torch.Tensor:
+    """Dice + CE over the voxels where ``region`` holds: :func:`masked_ce` plus soft Dice (background excluded) of
+    the probabilities and one-hot target weighted alike."""
+    target, w = _target_and_weights(logits, label, region)
     dice = soft_dice(torch.softmax(logits.float(), 1) * w, one_hot(target, logits.shape[1]) * w)
-    return ce + dice
+    return masked_ce(logits, label, region, eps) + dice

@@ -8,6 +8,9 @@ conflict-combating module (CCM) picks, per voxel, the teacher with the lower ent
 paper's entropy-based choice) or the teacher updated last ("latest", an option of the authors' code), and
 that region's voxels get ``conflict_weight`` in the one unlabelled loss. The student sees a strong view of the unlabelled batch, CutMix-ed
 with another sample; both teachers label the weak view (targets mixed with the same box).
+The defaults keep the unlabelled loss at full weight from step 0 with Dice + CE; the authors' LA configuration
+(``cfgs/config_3d_la_aut.yml``) ramps a weight of 2 up over 40% of the run (sigmoid) with CE alone on voxels above
+0.8: ``{u_weight: 2.0, rampup: 0.4, u_loss: ce, threshold: 0.8}``.
 """
 from __future__ import annotations
 
@@ -20,13 +23,16 @@ import torch
 from torch import nn
 
 from semiseg.data.strong_views import mixed_strong_view
-from semiseg.losses import dice_ce, masked_dice_ce
+from semiseg.losses import dice_ce, masked_ce, masked_dice_ce
 from semiseg.methods.base import Method, StepContext, register
 from semiseg.methods.ema import ema_update
+from semiseg.methods.rampup import sigmoid_rampup
 from semiseg.networks import main_output
 
 ConflictMode = Literal["confidence", "latest"]
 CONFLICT_MODES = get_args(ConflictMode)
+UnlabelledLoss = Literal["dice_ce", "ce"]
+UNLABELLED_LOSSES = {"dice_ce": masked_dice_ce, "ce": masked_ce}
 
 
 def alternation(total_steps: int, period: int, seed: int) -> np.ndarray:
@@ -70,14 +76,24 @@ class ADMTParams:
     conflict_weight: float = 1.0
     cutmix_ratio: float = 0.5
     u_weight: float = 1.0
+    rampup: float = 0.0
+    u_loss: UnlabelledLoss = "dice_ce"
     inference: Literal["student", "teacher1", "teacher2"] = "student"
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "rampup", "cutmix_ratio", "ema_decay"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"ad-mt: {name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.u_weight < 0 or self.conflict_weight < 0:
+            raise ValueError(f"ad-mt: u_weight and conflict_weight must be >= 0, got {self.u_weight} and {self.conflict_weight}")
 
 
 @register
 class ADMT(Method):
     """params (defaults): alternate_period 24 (longest turn of a teacher, in steps; the authors' code), ema_decay
     0.99, threshold 0.95, conflict_mode "confidence" | "latest", conflict_weight 1.0, cutmix_ratio 0.5, u_weight 1.0,
-    inference "student" | "teacher1" | "teacher2"."""
+    rampup 0.0 (sigmoid ramp-up of u_weight, as a fraction of the run), u_loss "dice_ce" | "ce" (the unlabelled
+    loss on the confident voxels), inference "student" | "teacher1" | "teacher2"."""
 
     name = "ad-mt"
     needs_unlabelled = True
@@ -112,13 +128,14 @@ class ADMT(Method):
         sup = dice_ce(out[:n], label)
         # one loss over the confident voxels, conflicting ones weighted conflict_weight (the authors' per-voxel sum)
         weight = (ok & ~conflict).float() + p.conflict_weight * (ok & conflict).float()
-        unsup = p.u_weight * masked_dice_ce(out[n:], y, weight)
+        u_weight = p.u_weight * sigmoid_rampup(ctx.step, p.rampup * ctx.total_steps)
+        unsup = u_weight * UNLABELLED_LOSSES[p.u_loss](out[n:], y, weight)
         diag = self.gradient_share(sup, unsup, self.student, ctx)
         loss = sup + unsup
         self.optimize(loss, "student")
         ema_update(self.teacher1 if active == 0 else self.teacher2, self.student, p.ema_decay, ctx.step)
         return {"loss": float(loss.detach()), "sup": float(sup.detach()), "unsup": float(unsup.detach()),
-                "conflict": float(conflict.float().mean()), "confident": float(ok.float().mean()), "active": float(active), **diag}
+                "conflict": float(conflict.float().mean()), "confident": float(ok.float().mean()), "active": float(active), "u_weight": u_weight, **diag}
 
     def inference_network(self) -> nn.Module:
         return {"student": self.student, "teacher1": self.teacher1, "teacher2": self.teacher2}[self.params.inference]
