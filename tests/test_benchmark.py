@@ -71,7 +71,8 @@ def test_results_file_holds_every_number_with_its_provenance(bench):
         assert ("unlabelled" in r) == (r["entry"] != "upper")  # predictions on the unlabelled cases, scored on hidden labels
     mt = doc["entries"]["mean-teacher"]
     assert mt["seeds"] == [0] and mt["foreground"]["DSC"]["n"] == 1 and mt["foreground"]["DSC"]["std"] is None
-    assert set(mt["gap_closure"]) == {"per_seed", "over_seeds", "of_means"} and set(mt["gap_closure"]["per_seed"]) <= {"0"}
+    assert set(mt["gap_closure"]) == {"per_seed", "over_seeds", "of_means", "paired"} and set(mt["gap_closure"]["per_seed"]) <= {"0"}
+    assert mt["gap_closure"]["paired"]["n"] == len(TEST)  # one seed: its closure pairs every test case with both bounds
     assert sorted(mt["per_class_dice"]) == ["lesion", "organ"] and sorted(mt["per_case_dice"]) == TEST
     assert doc["supervised_gap"]["available"]
     assert doc["written_by"]["command"] == f"semiseg benchmark {bench['cfg_file']}"
