@@ -353,3 +353,27 @@ def test_ua_mt_records_its_dropout_as_the_kept_networks_config():
     m = build("ua-mt", {"dropout": 0.5, "dropout_at": "bottleneck"})
     assert m.inference_network_overrides == {"dropout": 0.5, "dropout_at": "bottleneck"}
     assert any(isinstance(x, (nn.Dropout, nn.Dropout3d)) for x in m.inference_network().modules())
+
+
+@pytest.mark.parametrize("method,nets", [("cps", ["net1", "net2"]), ("bcp", ["student"]), ("mpl", ["teacher", "student"]),
+                                         ("ad-mt", ["student"]), ("unimatch", ["net"]), ("supervised", ["net"])])
+def test_every_method_trains_the_network_its_params_name(method, nets):
+    """params.network (NetworkConfig fields) reaches every network a method builds and the kept one's recorded
+    config, so a method can train the bounds' dropout network by data (issue 16: MT's and CPS's reference code
+    trains its V-Net with dropout)."""
+    drop = {"dropout": 0.5, "dropout_at": "bottleneck"}
+    m = build(method, {"network": drop})
+    assert m.inference_network_overrides == drop
+    for name in nets:
+        assert getattr(m, name).drop is not None, f"{method}.{name} was built without the dropout it was given"
+    plain = build(method)
+    assert all(getattr(plain, name).drop is None for name in nets) and plain.inference_network_overrides == {}
+
+
+def test_params_network_is_refused_where_it_names_an_unknown_field_or_one_the_method_owns():
+    with pytest.raises(ValueError, match=r"params.network must map NetworkConfig fields.*\['dropuot'\]"):
+        build("cps", {"network": {"dropuot": 0.5}})
+    with pytest.raises(ValueError, match=r"mean-teacher.*\['dropout'\].*own params"):
+        build("mean-teacher", {"network": {"dropout": 0.5}})
+    with pytest.raises(ValueError, match=r"dlunet.*\['arch'\]"):
+        build("dlunet", {"network": {"arch": "res_unet"}})

@@ -101,7 +101,7 @@ class ADMT(Method):
 
     def __init__(self, make_net, num_classes, params, train_cfg):
         super().__init__(make_net, num_classes, params, train_cfg)
-        self.student = make_net()
+        self.student = self.make_net()
         self.teacher1, self.teacher2 = copy.deepcopy(self.student), copy.deepcopy(self.student)
         for q in [*self.teacher1.parameters(), *self.teacher2.parameters()]:
             q.requires_grad_(False)

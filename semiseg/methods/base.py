@@ -11,9 +11,13 @@ owns its networks and optimisers and implements the one thing that differs betwe
 Strong views of the unlabelled patches, where a method wants them, are made by the method itself
 (semiseg.data.strong_views). A method declares its parameters as a dataclass ``Params``
 (semiseg.methods.params), checked whenever the method is built; ``self.params`` is that dataclass.
+Every method also takes ``network`` (NetworkConfig fields replacing the plan's for all of its networks), so a
+method trains, say, the bounds' dropout network by data, not by a variant in code.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -21,6 +25,7 @@ import torch
 from torch import nn
 
 from semiseg import distributed
+from semiseg.config import NetworkConfig
 from semiseg.methods.params import NoParams, parse_params
 from semiseg.methods.rampup import poly_lr
 from semiseg.precision import warn_if_slow_bf16
@@ -39,6 +44,19 @@ class StepContext:
 
 DIAGNOSTIC_EVERY = 50  # steps between gradient-share measurements (Method.gradient_share)
 NetFactory = Callable[..., nn.Module]  # keyword overrides of NetworkConfig fields -> network
+NETWORK_PARAM = "network"  # the params key every method takes: NetworkConfig fields replacing the plan's
+
+
+def network_param(params: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """``params['network']`` checked as NetworkConfig fields ({} without one); ValueError naming the bad keys."""
+    given = params.get(NETWORK_PARAM, {}) if isinstance(params, Mapping) else {}
+    if not isinstance(given, Mapping):
+        raise ValueError(f"method '{method}': params.network must be a mapping of NetworkConfig fields, got {given!r}")
+    known = {f.name for f in dataclasses.fields(NetworkConfig)}
+    if set(given) - known:
+        raise ValueError(f"method '{method}': params.network must map NetworkConfig fields ({', '.join(sorted(known))}); "
+                         f"got {sorted(set(given) - known)}")
+    return dict(given)
 
 
 class Method(nn.Module):
@@ -47,15 +65,18 @@ class Method(nn.Module):
     name: ClassVar[str] = "base"
     needs_unlabelled: ClassVar[bool] = False
     Params: ClassVar[type] = NoParams  # the method's parameters: a dataclass of names, types and defaults
+    own_network_fields: ClassVar[tuple[str, ...]] = ()  # NetworkConfig fields its own params decide (network_overrides)
 
     def __init__(self, make_net: NetFactory, num_classes: int, params: Mapping[str, Any], train_cfg: Any):
         super().__init__()
         self.num_classes = num_classes
         self.params: Any = self.parse_params(params)
-        # NetworkConfig fields of the networks (and the kept one) where they differ from the plan's: network_overrides()
-        self.inference_network_overrides: dict[str, Any] = self.network_overrides()
+        # NetworkConfig fields of the networks (and the kept one) where they differ from the plan's: params.network,
+        # then the method's own (network_overrides); a field set by both is refused by parse_params
+        self.network_params = network_param(params, self.name)
+        self.inference_network_overrides: dict[str, Any] = {**self.network_params, **self.network_overrides()}
         self.cfg = train_cfg
-        self.make_net = make_net
+        self.make_net: NetFactory = functools.partial(make_net, **self.network_params)  # a method's kw still win
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.scaler: torch.amp.GradScaler | None = None  # set by the engine on CUDA with AMP
         self.autocast_dtype: torch.dtype | None = None
@@ -136,8 +157,17 @@ class Method(nn.Module):
     @classmethod
     def parse_params(cls, params: Mapping[str, Any]) -> Any:
         """``method_params`` as this method's ``Params``; unknown names, wrong types and bad values are refused
-        naming the valid ones (called wherever a method is built, and by the benchmark at load)."""
-        return parse_params(cls.Params, params, cls.name)
+        naming the valid ones (called wherever a method is built, and by the benchmark at load). ``network`` is
+        every method's (:func:`network_param`); it may not set a field the method's own params set (MT's dropout)."""
+        network = network_param(params, cls.name)
+        rest = {k: v for k, v in params.items() if k != NETWORK_PARAM} if isinstance(params, Mapping) else params
+        parsed = parse_params(cls.Params, rest, cls.name)
+        if network:
+            own = set(cls.own_network_fields)
+            if own & set(network):
+                raise ValueError(f"method '{cls.name}': params.network sets {sorted(own & set(network))}, which the "
+                                 f"method's own params set; use those (e.g. {cls.name}'s dropout)")
+        return parsed
 
     def network_overrides(self) -> dict[str, Any]:
         """NetworkConfig fields (from ``self.params``) where this method's networks differ from the plan's."""

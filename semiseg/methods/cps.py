@@ -206,6 +206,7 @@ class DLUNet(CPS):
 
     name = "dlunet"
     Params = DLUNetParams
+    own_network_fields = ("arch",)
 
     def network_overrides(self) -> dict[str, Any]:
         """Both nets (and so the kept one) are the light U-Net: CPS.__init__ builds them with these fields."""

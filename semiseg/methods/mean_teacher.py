@@ -137,6 +137,7 @@ class MeanTeacher(Method):
     name = "mean-teacher"
     needs_unlabelled = True
     Params = MeanTeacherParams
+    own_network_fields = ("dropout", "dropout_at")
 
     def __init__(self, make_net, num_classes, params, train_cfg):
         super().__init__(make_net, num_classes, params, train_cfg)

@@ -103,8 +103,8 @@ class MetaPseudoLabels(Method):
 
     def __init__(self, make_net, num_classes, params, train_cfg):
         super().__init__(make_net, num_classes, params, train_cfg)
-        self.teacher = make_net()
-        self.student = make_net()
+        self.teacher = self.make_net()
+        self.student = self.make_net()
         self.optimizers["teacher"] = self.sgd(self.teacher)
         self.optimizers["student"] = self.sgd(self.student)
         self.h_baseline = 0.0

@@ -1,47 +1,27 @@
 """Plain supervised training (the lower and upper bounds of every comparison, and the fold models)."""
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import torch
 from torch import nn
 
-from semiseg.config import NetworkConfig
 from semiseg.losses import dice_ce
 from semiseg.methods.base import Method, StepContext, register
-
-
-@dataclasses.dataclass(frozen=True)
-class SupervisedParams:
-    network: dict[str, Any] = dataclasses.field(default_factory=dict)  # NetworkConfig fields replacing the plan's
-
-    def __post_init__(self) -> None:
-        known = {f.name for f in dataclasses.fields(NetworkConfig)}
-        if set(self.network) - known:
-            raise ValueError(f"supervised: params.network must map NetworkConfig fields ({', '.join(sorted(known))}); "
-                             f"got {sorted(set(self.network) - known)}")
 
 
 @register
 class Supervised(Method):
     """Dice + CE on labelled (and pseudo-labelled) patches.
 
-    params: network {} (NetworkConfig fields replacing the plan's, e.g. {arch: light_res_unet} or {dropout: 0.5,
-    dropout_at: bottleneck}): the supervised baseline of a method that trains another network or regularisation,
-    so that "method - baseline" measures the unlabelled data, not the architecture."""
+    params: only every method's network {} (NetworkConfig fields replacing the plan's, e.g. {arch: light_res_unet}
+    or {dropout: 0.5, dropout_at: bottleneck}): the supervised baseline of a method that trains another network or
+    regularisation, so that "method - baseline" measures the unlabelled data, not the architecture."""
 
     name = "supervised"
-    Params = SupervisedParams
 
     def __init__(self, make_net, num_classes, params, train_cfg):
         super().__init__(make_net, num_classes, params, train_cfg)
         self.net = make_net(**self.inference_network_overrides)
         self.optimizers["net"] = self.sgd(self.net)
-
-    def network_overrides(self) -> dict[str, Any]:
-        """The baseline's own network (e.g. a method's light net or dropout), built and recorded as the kept one."""
-        return dict(self.params.network)
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
         with self.autocast(ctx.device):
