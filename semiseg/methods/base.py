@@ -166,7 +166,7 @@ class Method(nn.Module):
             own = set(cls.own_network_fields)
             if own & set(network):
                 raise ValueError(f"method '{cls.name}': params.network sets {sorted(own & set(network))}, which the "
-                                 f"method's own params set; use those (e.g. {cls.name}'s dropout)")
+                                 f"method's own params set; set them there ({cls.name}'s {', '.join(cls.own_network_fields)})")
         return parsed
 
     def network_overrides(self) -> dict[str, Any]:
