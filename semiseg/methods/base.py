@@ -76,7 +76,8 @@ class Method(nn.Module):
         self.network_params = network_param(params, self.name)
         self.inference_network_overrides: dict[str, Any] = {**self.network_params, **self.network_overrides()}
         self.cfg = train_cfg
-        self.make_net: NetFactory = functools.partial(make_net, **self.network_params)  # a method's kw still win
+        # every network a method builds: self.make_net() (a keyword given there still wins)
+        self.make_net: NetFactory = functools.partial(make_net, **self.inference_network_overrides)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.scaler: torch.amp.GradScaler | None = None  # set by the engine on CUDA with AMP
         self.autocast_dtype: torch.dtype | None = None

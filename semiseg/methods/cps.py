@@ -137,8 +137,8 @@ class CPS(Method):
     def __init__(self, make_net, num_classes, params, train_cfg):
         super().__init__(make_net, num_classes, params, train_cfg)
         init1, init2 = self.params.init
-        self.net1 = reinitialise(make_net(**self.inference_network_overrides), init1)
-        self.net2 = reinitialise(make_net(**self.inference_network_overrides), init2)
+        self.net1 = reinitialise(self.make_net(), init1)
+        self.net2 = reinitialise(self.make_net(), init2)
         self.optimizers["net1"] = self.sgd(self.net1)
         self.optimizers["net2"] = self.sgd(self.net2)
         self.alw = AdaptiveWeight(self.params.alw_initial)

@@ -141,7 +141,7 @@ class MeanTeacher(Method):
 
     def __init__(self, make_net, num_classes, params, train_cfg):
         super().__init__(make_net, num_classes, params, train_cfg)
-        self.student = make_net(**self.inference_network_overrides)
+        self.student = self.make_net()
         self.teacher = copy.deepcopy(self.student)
         for q in self.teacher.parameters():
             q.requires_grad_(False)

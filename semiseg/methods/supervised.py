@@ -20,7 +20,7 @@ class Supervised(Method):
 
     def __init__(self, make_net, num_classes, params, train_cfg):
         super().__init__(make_net, num_classes, params, train_cfg)
-        self.net = make_net(**self.inference_network_overrides)
+        self.net = self.make_net()
         self.optimizers["net"] = self.sgd(self.net)
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
