@@ -24,6 +24,8 @@ def test_self_training_entries_of_a_seed_share_one_job():
 
 def test_jobs_run_pieces_side_by_side_into_one_results_file(tmp_path):
     data = make_dataset(tmp_path / "raw", ["l0", "l1", "l2"], ["u0"], ["t0"], shape=(8, 36, 36))
+    meta = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**meta, "provenance": "Tiny synthetic set, licence CC BY-NC-SA 4.0"}))
     raw = {"name": "tiny_jobs", "dataset": str(data),
            "split": {"labelled": ["l0", "l1"], "unlabelled": ["l2", "u0"], "test": ["t0"]},
            "plan": {"overrides": tiny_overrides([8, 32, 32])},
@@ -45,6 +47,8 @@ def test_jobs_run_pieces_side_by_side_into_one_results_file(tmp_path):
         assert [t["which"] for t in r["thumbnails"]] == ["best", "worst"]
         assert all(t["png"].startswith(str(tmp_path)) and Path(t["png"]).is_file() for t in r["thumbnails"])
         assert Path(r["thumbnails"][0]["png"]).parent == tmp_path / "results" / "tiny_jobs_thumbnails"
+    notice = tmp_path / "results" / "tiny_jobs_thumbnails" / "NOTICE.txt"  # the images carry the data's terms
+    assert "Tiny synthetic set, licence CC BY-NC-SA 4.0" in notice.read_text()
     again = run_benchmark(load_config(cfg_file), device="cpu", progress=False, jobs=2, only=["lower", "upper"])
     assert json.loads(again.read_text())["runs"] == doc["runs"]  # finished pieces are not run again
 

@@ -364,9 +364,10 @@ def postprocess_pieces(cfg: BenchmarkConfig, layout: Layout, progress: bool = Fa
 def thumbnail_pieces(cfg: BenchmarkConfig, layout: Layout) -> int:
     """Best/worst-case overlay thumbnails of each entry's first-seed piece, kept beside the results file
     (``<results_dir>/<name>_thumbnails/``) so the committed report shows them on a clone without predictions."""
-    from semiseg.benchmark.thumbnails import piece_thumbnails
+    from semiseg.benchmark.thumbnails import piece_thumbnails, write_data_notice
 
     done, seed, plan = 0, cfg.seeds[0], layout.regime.plan
+    folder = cfg.results_dir / f"{cfg.name}_thumbnails"
     for entry in cfg.entries():
         path = layout.piece(entry.name, seed)
         if not path.is_file():
@@ -374,10 +375,12 @@ def thumbnail_pieces(cfg: BenchmarkConfig, layout: Layout) -> int:
         p = json.loads(path.read_text())
         if p.get("thumbnails") or stored_key(p) != piece_key(cfg, entry, seed, plan):
             continue
-        made = piece_thumbnails(p["test"], cfg.results_dir / f"{cfg.name}_thumbnails", f"{entry.name}_seed_{seed}")
+        made = piece_thumbnails(p["test"], folder, f"{entry.name}_seed_{seed}")
         if made:
             atomic_write_json(path, {**p, "thumbnails": made})
             done += 1
+    if folder.is_dir() and any(folder.glob("*.png")):
+        write_data_notice(folder, cfg.dataset)  # images of the data carry its terms (CHAOS: CC BY-NC-SA 4.0)
     return done
 
 

@@ -7,13 +7,12 @@ draw overlays; a few kilobytes of PNG per run, written when the run is scored an
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from semiseg.atomic import atomic_write_text, replacing
 from semiseg.benchmark.results import case_foreground
 from semiseg.evaluation.slices import best_slice, window_intensity
 
@@ -74,16 +73,8 @@ def _panel(grey: np.ndarray, seg: np.ndarray | None, levels: int) -> np.ndarray:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a thumbnail is meant to be committed and read
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with replacing(path, path.suffix) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def save_case_thumbnails(image_path: str | Path, reference_path: str | Path, prediction_path: str | Path,
@@ -116,6 +107,33 @@ def save_case_thumbnails(image_path: str | Path, reference_path: str | Path, pre
     out = Path(out_png)
     _atomic_write_bytes(out, buf.getvalue())
     return out
+
+
+NOTICE = "NOTICE.txt"  # beside the thumbnails: the terms of the data they are drawn from
+
+
+def data_notice(dataset_dir: str | Path) -> str | None:
+    """The text a folder of images drawn from ``dataset_dir`` must carry: its dataset.json's ``provenance`` (where
+    a licence such as CHAOS's CC BY-NC-SA 4.0 is stated), or None when it states none."""
+    import json
+
+    meta = json.loads((Path(dataset_dir) / "dataset.json").read_text())
+    text = meta.get("provenance") or meta.get("licence") or meta.get("license")
+    if not text:
+        return None
+    return (f"The images in this folder are drawn from the dataset {meta.get('name', Path(dataset_dir).name)}, and are "
+            f"under its terms:\n{text}\nThis notice covers this folder only.\n")
+
+
+def write_data_notice(folder: str | Path, dataset_dir: str | Path) -> Path | None:
+    """``folder/NOTICE.txt`` with :func:`data_notice` (rewritten when it changes); None when there is none to write."""
+    text = data_notice(dataset_dir)
+    if text is None:
+        return None
+    path = Path(folder) / NOTICE
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+    return path
 
 
 def piece_thumbnails(test: Mapping[str, Any], out_dir: str | Path, stem: str, max_side: int = 160) -> list[dict[str, Any]]:
