@@ -7,6 +7,7 @@ draw overlays; a few kilobytes of PNG per run, written when the run is scored an
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -115,8 +116,6 @@ NOTICE = "NOTICE.txt"  # beside the thumbnails: the terms of the data they are d
 def data_notice(dataset_dir: str | Path) -> str | None:
     """The text a folder of images drawn from ``dataset_dir`` must carry: its dataset.json's ``provenance`` (where
     a licence such as CHAOS's CC BY-NC-SA 4.0 is stated), or None when it states none."""
-    import json
-
     meta = json.loads((Path(dataset_dir) / "dataset.json").read_text())
     text = meta.get("provenance") or meta.get("licence") or meta.get("license")
     if not text:
