@@ -74,6 +74,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         Path(tmp).write_text(text)
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with replacing(path, Path(path).suffix) as tmp:
+        Path(tmp).write_bytes(data)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default))
 

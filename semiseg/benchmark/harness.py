@@ -379,7 +379,7 @@ def thumbnail_pieces(cfg: BenchmarkConfig, layout: Layout) -> int:
         if made:
             atomic_write_json(path, {**p, "thumbnails": made})
             done += 1
-    if folder.is_dir() and any(folder.glob("*.png")):
+    if any(folder.glob("*.png")):
         write_data_notice(folder, cfg.dataset)  # images of the data carry its terms (CHAOS: CC BY-NC-SA 4.0)
     return done
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from semiseg.atomic import atomic_write_text, replacing
+from semiseg.atomic import atomic_write_bytes, atomic_write_text
 from semiseg.benchmark.results import case_foreground
 from semiseg.evaluation.slices import best_slice, window_intensity
 
@@ -73,11 +73,6 @@ def _panel(grey: np.ndarray, seg: np.ndarray | None, levels: int) -> np.ndarray:
     return k if seg is None else np.where(seg > 0, seg.astype(np.int64) * levels + k, k)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    with replacing(path, path.suffix) as tmp:
-        Path(tmp).write_bytes(data)
-
-
 def save_case_thumbnails(image_path: str | Path, reference_path: str | Path, prediction_path: str | Path,
                          out_png: str | Path, max_side: int = 160) -> Path:
     """One small PNG, image | reference | prediction, at the axial slice with the most foreground; each panel's
@@ -106,7 +101,7 @@ def save_case_thumbnails(image_path: str | Path, reference_path: str | Path, pre
     buf = io.BytesIO()
     png.save(buf, format="PNG", optimize=True)
     out = Path(out_png)
-    _atomic_write_bytes(out, buf.getvalue())
+    atomic_write_bytes(out, buf.getvalue())
     return out
 
 
