@@ -42,15 +42,23 @@ DATA_MARK, REPO_MARK = "data:", "."  # portable path prefixes: data root, checko
 
 
 # -- provenance ------------------------------------------------------------------------------------
+# Tracked outputs, not code: a benchmark job beside another rewrites the results files (and the README table is made
+# from them), so a change there must not mark the other job's run ``-dirty``.
+OUTPUT_PATHS = ("benchmarks/results", "README.md")
+
+
 def git_commit(root: Path | None = None) -> str:
-    """``git rev-parse HEAD`` of the checkout (``-dirty`` appended when tracked files changed), or 'unknown'."""
+    """``git rev-parse HEAD`` of the checkout (``-dirty`` appended when tracked files other than
+    :data:`OUTPUT_PATHS` changed), or 'unknown'."""
     root = root or repo_root()
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return "unknown"
         commit = head.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=30)
+        outputs = [f":(exclude){p}" for p in OUTPUT_PATHS]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *outputs], cwd=root,
+                               capture_output=True, text=True, timeout=30)
         return commit + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
