@@ -182,3 +182,25 @@ def test_supervised_trains_the_network_its_params_name():
     m = build_method(plan, TrainConfig(method="supervised", method_params={"network": {"arch": "light_res_unet"}}))
     assert type(m.net).__name__ == "LightUNet" and m.inference_network_overrides == {"arch": "light_res_unet"}
     assert type(build_method(plan, TrainConfig()).net).__name__ == "UNet"
+
+
+def test_a_piece_records_the_commit_its_run_started_at(tmp_path, monkeypatch):
+    from semiseg.benchmark import harness, results
+
+    data = make_dataset(tmp_path / "raw", ["l0", "l1"], [], ["t0"], shape=(8, 36, 36))
+    raw = {"name": "tiny_commit", "dataset": str(data), "split": {"labelled": ["l0"], "unlabelled": ["l1"], "test": ["t0"]},
+           "plan": {"overrides": tiny_overrides([8, 32, 32])}, "budget": {"iterations": 2}, "methods": [], "seeds": [0],
+           "predictor": {"device": "cpu"}, "work_dir": str(tmp_path / "work"), "results_dir": str(tmp_path / "results")}
+    cfg_file = tmp_path / "tiny_commit.yaml"
+    cfg_file.write_text(yaml.safe_dump(raw))
+    train = harness._train
+
+    def train_then_commit(*args, **kwargs):  # HEAD moves while the run trains
+        out = train(*args, **kwargs)
+        monkeypatch.setattr(results, "git_commit", lambda root=None: "moved")
+        return out
+
+    monkeypatch.setattr(harness, "git_commit", lambda root=None: "at-start")
+    monkeypatch.setattr(harness, "_train", train_then_commit)
+    out = run_benchmark(load_config(cfg_file), device="cpu", progress=False, only=["lower"])
+    assert [r["git_commit"] for r in json.loads(out.read_text())["runs"]] == ["at-start"]

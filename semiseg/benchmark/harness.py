@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from semiseg.atomic import link_or_copy
 from semiseg.benchmark.config import UPPER, BenchmarkConfig, ConfigError, MethodSpec
-from semiseg.benchmark.results import aggregate, comparable_plan, provenance
+from semiseg.benchmark.results import aggregate, comparable_plan, git_commit, provenance
 from semiseg.benchmark.runners import SelfTrainRunner, runner_for
 from semiseg.config import ALL_AXES, Plan, TrainConfig, comparable_train_config
 from semiseg.data.io import atomic_write_json
@@ -302,6 +302,7 @@ def _figures(folder: Path) -> tuple[list[str], dict[str, Any]]:
 def run_piece(cfg: BenchmarkConfig, layout: Layout, entry: MethodSpec, seed: int, device: str | None = None,
               progress: bool = True, command: Sequence[str] | None = None) -> dict[str, Any]:
     """Train, predict the test cases, evaluate: the piece of the results for one entry and seed."""
+    commit = git_commit()  # the code this process runs is the checkout's at its start; HEAD may move during a long run
     model, train_info = _train(cfg, layout, entry, seed, device, progress)
     tag = Path(entry.name) / f"seed_{seed}"
     test, predict_wall = _predict_and_score(cfg, model, layout.test_images, layout.test_labels, layout.work / "predictions" / tag / "test",
@@ -323,7 +324,7 @@ def run_piece(cfg: BenchmarkConfig, layout: Layout, entry: MethodSpec, seed: int
         # method of the same seed (their training time is in that method's wall time, not this one's)
         piece["selftrain"] = json.loads(summary.read_text())
     piece["budget"] = dataclasses.asdict(cfg.budget)
-    piece.update(provenance(device, command))
+    piece.update(provenance(device, command, commit))
     return piece
 
 

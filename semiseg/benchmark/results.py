@@ -115,11 +115,12 @@ def cpu_model_text(run: Mapping[str, Any]) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def provenance(device: str | None = None, command: Sequence[str] | None = None) -> dict[str, Any]:
+def provenance(device: str | None = None, command: Sequence[str] | None = None, commit: str | None = None) -> dict[str, Any]:
+    """Where a number came from; ``commit`` as taken when the work began (default: now)."""
     return {
         "command": " ".join(command if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]),
         "cwd": os.getcwd(),
-        "git_commit": git_commit(),
+        "git_commit": commit if commit is not None else git_commit(),
         "machine": machine_info(device),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
