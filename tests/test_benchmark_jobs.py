@@ -67,16 +67,22 @@ def test_a_failing_job_is_reported_with_its_log(tmp_path, monkeypatch):
         run_benchmark(load_config(cfg_file), device="cpu", progress=False, jobs=2, only=["lower"])
 
 
+def _bounds_only_config(tmp_path: Path, name: str) -> Path:
+    """A 2-step benchmark of one labelled, one unlabelled and one test case, no methods beyond the bounds."""
+    data = make_dataset(tmp_path / "raw", ["l0", "l1"], [], ["t0"], shape=(8, 36, 36))
+    raw = {"name": name, "dataset": str(data), "split": {"labelled": ["l0"], "unlabelled": ["l1"], "test": ["t0"]},
+           "plan": {"overrides": tiny_overrides([8, 32, 32])}, "budget": {"iterations": 2}, "methods": [], "seeds": [0],
+           "predictor": {"device": "cpu"}, "work_dir": str(tmp_path / "work"), "results_dir": str(tmp_path / "results")}
+    cfg_file = tmp_path / f"{name}.yaml"
+    cfg_file.write_text(yaml.safe_dump(raw))
+    return cfg_file
+
+
 def test_iterations_makes_a_benchmark_of_its_own_and_the_convergence_table_reads_both(tmp_path):
     from semiseg.benchmark.config import ConfigError
     from semiseg.benchmark.convergence import convergence_rows, markdown, step_files
 
-    data = make_dataset(tmp_path / "raw", ["l0", "l1"], [], ["t0"], shape=(8, 36, 36))
-    raw = {"name": "tiny_conv", "dataset": str(data), "split": {"labelled": ["l0"], "unlabelled": ["l1"], "test": ["t0"]},
-           "plan": {"overrides": tiny_overrides([8, 32, 32])}, "budget": {"iterations": 2}, "methods": [], "seeds": [0],
-           "predictor": {"device": "cpu"}, "work_dir": str(tmp_path / "work"), "results_dir": str(tmp_path / "results")}
-    cfg_file = tmp_path / "tiny_conv.yaml"
-    cfg_file.write_text(yaml.safe_dump(raw))
+    cfg_file = _bounds_only_config(tmp_path, "tiny_conv")
     main = run_benchmark(load_config(cfg_file), device="cpu", progress=False, only=["lower"])
     longer = load_config(cfg_file, iterations=4)
     assert longer.name == "tiny_conv_steps4" and longer.budget.iterations == 4 and longer.work_dir.name == "work_steps4"
@@ -187,12 +193,7 @@ def test_supervised_trains_the_network_its_params_name():
 def test_a_piece_records_the_commit_its_run_started_at(tmp_path, monkeypatch):
     from semiseg.benchmark import harness, results
 
-    data = make_dataset(tmp_path / "raw", ["l0", "l1"], [], ["t0"], shape=(8, 36, 36))
-    raw = {"name": "tiny_commit", "dataset": str(data), "split": {"labelled": ["l0"], "unlabelled": ["l1"], "test": ["t0"]},
-           "plan": {"overrides": tiny_overrides([8, 32, 32])}, "budget": {"iterations": 2}, "methods": [], "seeds": [0],
-           "predictor": {"device": "cpu"}, "work_dir": str(tmp_path / "work"), "results_dir": str(tmp_path / "results")}
-    cfg_file = tmp_path / "tiny_commit.yaml"
-    cfg_file.write_text(yaml.safe_dump(raw))
+    cfg_file = _bounds_only_config(tmp_path, "tiny_commit")
     train = harness._train
 
     def train_then_commit(*args, **kwargs):  # HEAD moves while the run trains
