@@ -9,7 +9,7 @@
 # files anyway; this only saves the unfinished ones and the preprocessing.
 #
 #   bash benchmarks/carry.sh save      # at the end of a session, runs still going (checkpoints are
-#                                      # written temp-then-rename, so a copy never holds half a file)
+#                                      # written temp-then-rename, so the copied checkpoint is whole)
 #   bash benchmarks/carry.sh restore   # at the start of the next one, before any benchmark command
 #
 # SEMISEG_CARRY overrides the place (default /root/.semiseg-carry). A machine that was not kept has no
