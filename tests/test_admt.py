@@ -8,7 +8,7 @@ import torch
 
 from semiseg.methods import StepContext
 from semiseg.methods.admt import alternation, teacher_targets
-from test_methods import build, make_batch
+from test_methods import build, check_unlabelled_weight_ramp, make_batch
 
 
 def test_alternation_takes_turns_of_random_length_within_the_period():
@@ -58,20 +58,12 @@ def test_conflict_weight_scales_the_conflicting_region_only():
 
 
 def test_the_unlabelled_weight_ramps_up_and_the_loss_can_be_ce_alone():
-    import math
-
     from semiseg.losses import masked_ce, masked_dice_ce
 
-    def unsup(params, step):
-        m = build("ad-mt", {"threshold": 0.0, **params})
-        torch.manual_seed(0)  # the same strong view and CutMix box for every call
-        return m.training_step(make_batch(), StepContext(step, 100, torch.device("cpu")))
-
-    flat, ramped = unsup({}, 10), unsup({"rampup": 0.5}, 10)  # step 10 of a 50-step ramp: weight exp(-5 * 0.8^2)
-    assert flat["u_weight"] == 1.0 and ramped["u_weight"] == pytest.approx(math.exp(-5 * 0.8 ** 2))
-    assert ramped["unsup"] == pytest.approx(flat["unsup"] * ramped["u_weight"], rel=1e-5)
-    assert unsup({"rampup": 0.5}, 60)["u_weight"] == 1.0  # ramp over: full weight
-    ce = unsup({"u_loss": "ce"}, 10)
+    flat = check_unlabelled_weight_ramp("ad-mt", {"threshold": 0.0})
+    m = build("ad-mt", {"threshold": 0.0, "u_loss": "ce"})
+    torch.manual_seed(0)
+    ce = m.training_step(make_batch(), StepContext(10, 100, torch.device("cpu")))
     assert ce["sup"] == flat["sup"] and 0 < ce["unsup"] < flat["unsup"]  # the same targets, the Dice term dropped
     logits, label = torch.randn(2, 3, 2, 4, 4), torch.randint(0, 3, (2, 1, 2, 4, 4))
     region = torch.rand(2, 1, 2, 4, 4) > 0.5

@@ -68,6 +68,22 @@ def changed(before: list[torch.Tensor], net: nn.Module) -> bool:
 CTX = StepContext(step=5, total_steps=100, device=torch.device("cpu"))
 
 
+def check_unlabelled_weight_ramp(name: str, params: dict | None = None) -> dict[str, float]:
+    """The ``rampup`` of a method that logs ``u_weight`` and ``unsup``: a sigmoid ramp over that fraction of the run,
+    scaling the unlabelled loss alone, full weight after it. Returns the unramped step's metrics at step 10."""
+    def step(extra: dict, at: int) -> dict[str, float]:
+        m = build(name, {**(params or {}), **extra})
+        torch.manual_seed(0)  # the same strong views and CutMix boxes for every call
+        return m.training_step(make_batch(), StepContext(at, 100, torch.device("cpu")))
+
+    flat, ramped = step({}, 10), step({"rampup": 0.5}, 10)  # step 10 of a 50-step ramp: weight exp(-5 * 0.8^2)
+    assert flat["u_weight"] == 1.0 and abs(ramped["u_weight"] - math.exp(-5 * 0.8 ** 2)) < 1e-9
+    assert abs(ramped["unsup"] - flat["unsup"] * ramped["u_weight"]) <= 1e-5 * abs(flat["unsup"])
+    assert ramped["sup"] == flat["sup"]
+    assert step({"rampup": 0.5}, 60)["u_weight"] == 1.0  # ramp over: full weight
+    return flat
+
+
 @pytest.mark.parametrize("name, params", [("mean-teacher", {}), ("ua-mt", {}), ("cps", {}), ("dlunet", {}), ("mpl", {}),
                                           ("bcp", {"pretrain": 0.0}), ("unimatch", {"threshold": 0.0}),
                                           ("ad-mt", {"threshold": 0.0})])

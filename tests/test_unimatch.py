@@ -8,7 +8,7 @@ from semiseg.data.strong_views import strong_view
 from semiseg.methods import unimatch as um
 from semiseg.networks import bottleneck_of, build_network
 from semiseg.networks.dropout import feature_dropout
-from test_methods import CTX, K, SHAPE, build, make_batch
+from test_methods import CTX, K, SHAPE, build, check_unlabelled_weight_ramp, make_batch
 
 
 def test_confidence_threshold_on_known_logits():
@@ -72,3 +72,12 @@ def test_every_term_is_logged_and_weighted_as_unimatch():
     out = m.training_step(make_batch(), CTX)
     expected = 2.0 * (0.25 * out["u_s1"] + 0.25 * out["u_s2"] + 0.5 * out["u_fp"])
     assert abs(out["unsup"] - expected) < 1e-5 and abs(out["loss"] - out["sup"] - out["unsup"]) < 1e-5
+
+
+def test_the_unlabelled_weight_ramps_up_and_bad_params_are_refused():
+    import pytest
+
+    check_unlabelled_weight_ramp("unimatch", {"threshold": 0.0})
+    for bad in ({"rampup": 1.5}, {"threshold": 1.2}, {"cutmix_ratio": -0.1}, {"u_weight": -1.0}, {"fp_dropout": 1.0}):
+        with pytest.raises(ValueError):
+            build("unimatch", bad)

@@ -9,7 +9,7 @@ pseudo-labels, without gradient; the strong views never feed into them.
 
 Loss, as UniMatch's: sup + 0.25 L(strong 1) + 0.25 L(strong 2) + 0.5 L(feature-perturbed), each L a Dice + CE over
 the confident voxels (its medical-image variant uses Dice over them), the unlabelled part scaled by
-``u_weight``.
+``u_weight``, ramped up over the first ``rampup`` of the run (0, UniMatch's own: full weight from step 0).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from torch import nn
 from semiseg.data import strong_views
 from semiseg.losses import dice_ce, masked_dice_ce
 from semiseg.methods.base import Method, StepContext, register
+from semiseg.methods.rampup import sigmoid_rampup
 from semiseg.networks import bottleneck_of, main_output
 from semiseg.networks.dropout import feature_dropout
 
@@ -40,10 +41,14 @@ class UniMatchParams:
     cutmix_ratio: float = 0.5
     fp_dropout: float = 0.5
     u_weight: float = 1.0
+    rampup: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"unimatch: threshold must lie in [0, 1], got {self.threshold}")
+        for name in ("threshold", "cutmix_ratio", "rampup"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"unimatch: {name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.u_weight < 0:
+            raise ValueError(f"unimatch: u_weight must be >= 0, got {self.u_weight}")
         if not 0.0 <= self.fp_dropout < 1.0:
             raise ValueError(f"unimatch: fp_dropout must lie in [0, 1), got {self.fp_dropout}")
 
@@ -51,7 +56,9 @@ class UniMatchParams:
 @register
 class UniMatch(Method):
     """params (defaults): threshold 0.95 (UniMatch), cutmix_ratio 0.5 (box volume fraction), fp_dropout 0.5
-    (bottleneck channel dropout of the feature-perturbed pass), u_weight 1.0."""
+    (bottleneck channel dropout of the feature-perturbed pass), u_weight 1.0, rampup 0.0 (sigmoid ramp-up of
+    u_weight, as a fraction of the run: full weight from step 0 lets an untrained network's confident background
+    teach itself away small organs, as on CHAOS-SSL)."""
 
     name = "unimatch"
     needs_unlabelled = True
@@ -79,12 +86,13 @@ class UniMatch(Method):
         sup = dice_ce(out_l, label)
         terms = {"s1": masked_dice_ce(out_s[:nu], y1, ok1), "s2": masked_dice_ce(out_s[nu:], y2, ok2),
                  "fp": masked_dice_ce(out_fp, y, ok)}
-        unsup = p.u_weight * sum(WEIGHTS[k] * v for k, v in terms.items())
+        u_weight = p.u_weight * sigmoid_rampup(ctx.step, p.rampup * ctx.total_steps)
+        unsup = u_weight * sum(WEIGHTS[k] * v for k, v in terms.items())
         diag = self.gradient_share(sup, unsup, self.net, ctx)
         loss = sup + unsup
         self.optimize(loss, "net")
         return {"loss": float(loss.detach()), "sup": float(sup.detach()), "unsup": float(unsup.detach()),
-                "confident": float(ok.float().mean()), **{f"u_{k}": float(v.detach()) for k, v in terms.items()}, **diag}
+                "u_weight": u_weight, "confident": float(ok.float().mean()), **{f"u_{k}": float(v.detach()) for k, v in terms.items()}, **diag}
 
     def inference_network(self) -> nn.Module:
         return self.net
