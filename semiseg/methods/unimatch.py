@@ -92,7 +92,8 @@ class UniMatch(Method):
         loss = sup + unsup
         self.optimize(loss, "net")
         return {"loss": float(loss.detach()), "sup": float(sup.detach()), "unsup": float(unsup.detach()),
-                "u_weight": u_weight, "confident": float(ok.float().mean()), **{f"u_{k}": float(v.detach()) for k, v in terms.items()}, **diag}
+                "u_weight": u_weight, "confident": float(ok.float().mean()),
+                **{f"u_{k}": float(v.detach()) for k, v in terms.items()}, **diag}
 
     def inference_network(self) -> nn.Module:
         return self.net
