@@ -99,10 +99,11 @@ def test_committed_plan_files_match_their_configs(sb):
             cfg = load_config(ROOT / doc["source"])
         except ValueError as e:  # dataset absent: the config cannot be read here
             pytest.skip(f"{doc['source']}: {e}")
-        assert doc["benchmark"] == cfg.name and doc["budget"]["iterations"] == cfg.budget.iterations
-        assert doc["budget"]["train"] == cfg.budget.train
+        stale = f"{path.name} is stale: remake it with `python benchmarks/step_bench.py plan {doc['source']}`"
+        assert doc["benchmark"] == cfg.name and doc["budget"]["iterations"] == cfg.budget.iterations, stale
+        assert doc["budget"]["train"] == cfg.budget.train, stale
         engine = [e.name for e in cfg.methods if e.method not in sb.SELF_TRAINING]
-        assert [e["name"] for e in doc["entries"]] == ["supervised", *engine]
+        assert [e["name"] for e in doc["entries"]] == ["supervised", *engine], stale
 
 
 def test_precision_and_plan_variants_are_rows_of_their_own(sb, tmp_path):
