@@ -639,3 +639,44 @@ def test_self_training_rounds_are_a_table_in_the_readme_and_the_report(bench, tm
     assert section.count("<td>round_") == 3 and "per_case_dice" not in section and "0.80 (&lt;0.001)" in section  # escaped
     # without quality files there is no table
     assert "Self-training rounds" not in table_for(json.loads(bench["results"].read_text()), "x.json")
+
+
+def test_status_lists_finished_training_and_missing_runs_without_running_any(bench, tmp_path, capsys):
+    """A work folder without pieces beside the committed results: seed 0 is finished (from the results file alone),
+    the lower bound of seed 1 is part-trained (its checkpoint gives step and ETA), the rest has not started."""
+    from semiseg.benchmark.cli import register_cli
+    from semiseg.benchmark.harness import prepare, train_config
+    from semiseg.benchmark.status import benchmark_status, format_status
+    from semiseg.engine.trainer import DataSpec, train
+
+    (tmp_path / "results").mkdir()
+    shutil.copy(bench["results"], tmp_path / "results" / "tiny.json")
+    shutil.copytree(bench["base"] / "work", tmp_path / "work", symlinks=True)  # its preprocessing cache
+    shutil.rmtree(tmp_path / "work" / "pieces")
+    raw = raw_config(bench["data"], tmp_path, seeds=[0, 1])
+    cfg = config_from_dict(raw)
+    layout = prepare(cfg, progress=False)
+    entry = cfg.entry("lower")
+    run = layout.run_for(entry)
+    out = run.root / "models" / "lower" / "seed_1"
+    train(run.plan, train_config(cfg, entry, 1), DataSpec(run.cache, run.training_cases("all", 5)[0]), out, device="cpu",
+          progress=False, stop_after=2)
+    rows = {(r.entry, r.seed): r for r in benchmark_status(cfg)}
+    committed = {(r["entry"], r["seed"]): r["test"]["foreground_mean"]["DSC"] for r in json.loads(bench["results"].read_text())["runs"]}
+    assert {k: r.dice for k, r in rows.items() if r.state == "finished"} == committed and len(committed) == 3
+    lower = rows[("lower", 1)]
+    assert (lower.state, lower.step, lower.steps) == ("training", 2, 3)
+    assert lower.eta_s == pytest.approx(lower.elapsed_s / 2) and lower.elapsed_s == pytest.approx(checkpoint_wall_time(out))
+    assert rows[("upper", 1)].state == rows[("mean-teacher", 1)].state == "not started"
+    assert not (tmp_path / "work" / "pieces").exists()  # nothing was run or scored
+    assert format_status(cfg, list(rows.values())).endswith("3 of 6 run(s) finished, 1 training, 2 other")
+    # the command: --status prints the same table and trains nothing
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(yaml.safe_dump(raw))
+    ap = argparse.ArgumentParser()
+    register_cli(ap.add_subparsers(dest="command", required=True))
+    a = ap.parse_args(["benchmark", str(cfg_file), "--status", "--only", "lower"])
+    assert a.func(a) == 0
+    printed = capsys.readouterr().out
+    assert "lower  seed 1  training, step 2/3" in printed and "upper" not in printed
+    assert not (out / "model_final.pt").exists() and not (tmp_path / "work" / "pieces").exists()

@@ -22,6 +22,11 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
         cfg.work_dir = Path(a.work_dir).resolve()
     if a.results_dir:
         cfg.results_dir = Path(a.results_dir).resolve()
+    if a.status:
+        from semiseg.benchmark.status import benchmark_status, format_status
+
+        print(format_status(cfg, benchmark_status(cfg, only=a.only, seeds=a.seeds)))
+        return 0
     # the command recorded with every number is this process's own command line (sys.argv)
     if a.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {a.jobs}")
@@ -55,6 +60,8 @@ def register_cli(sub: Any) -> None:
                    help="pieces run side by side in child processes, each with cores / jobs torch threads (default 1)")
     p.add_argument("--work-dir", default=None, help="override the config's work_dir (run folders, predictions, pieces)")
     p.add_argument("--results-dir", default=None, help="override the config's results_dir (default benchmarks/results)")
+    p.add_argument("--status", action="store_true",
+                   help="run nothing: list each entry x seed as finished (Dice), training (step, ETA) or not started")
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("report", help="HTML report (embedded PNGs) of benchmark results files")
