@@ -611,6 +611,25 @@ def test_diagnostics_figure_needs_a_gradient_share_and_shows_it(tmp_path):
     assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_gap_closure_forest_plot_shows_each_methods_paired_closure(bench, report, tmp_path):
+    """The report's forest plot: one row per method with a paired closure (bounds and unpaired entries left out), in
+    the table's order, with the values the results hold; no plot without any, and the tiny benchmark's report has it."""
+    from semiseg.report.html import closure_rows, plot_gap_closure
+
+    def entry(closure: float | None, ci: list[float]) -> dict:
+        return {"gap_closure": {"paired": {"n": 8, "closure": closure, "ci95": ci}}}
+
+    doc = {"entries": {"lower": entry(0.0, [0.0, 0.0]), "upper": entry(1.0, [1.0, 1.0]), "cps": entry(0.27, [0.10, 0.41]),
+                       "mt": entry(-2.9, [-4.7, -1.7]), "new": {"gap_closure": {"paired": {}}}}}
+    assert closure_rows(doc) == [("cps", 8, 0.27, 0.10, 0.41), ("mt", 8, -2.9, -4.7, -1.7)]
+    out = plot_gap_closure(doc, tmp_path / "gc.png")  # an interval beyond the axis is drawn to its edge
+    assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_gap_closure({"entries": {"lower": {}, "new": {}}}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+    assert [r[0] for r in closure_rows(json.loads(bench["results"].read_text()))] == ["mean-teacher"]
+    assert (report.parent / "tiny_gap_closure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_self_training_rounds_are_a_table_in_the_readme_and_the_report(bench, tmp_path):
     """Issue 16: pseudo-label Dice and the selection score's Spearman rho per round, from the quality files a
     self-training run leaves, as a table (not a JSON dump), sorted by entry, seed and round."""

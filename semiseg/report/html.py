@@ -1,7 +1,7 @@
 """HTML report of one or more benchmark results files: one file, every image embedded (base64 PNG).
 
 Per benchmark: the provenance (command, commit, machine, budget, plan), a summary table, Dice per entry
-with its spread over seeds, per-case Dice against the lower bound, per-class Dice, training curves,
+with its spread over seeds, each method's paired gap closure with its CI (a forest plot), per-case Dice against the lower bound, per-class Dice, training curves,
 pseudo-label quality / uncertainty figures where a method has them, and overlay thumbnails of the best
 and worst test case of every entry. The PNGs are also written beside ``index.html`` for reuse.
 A report needs only the results file: overlays are drawn from a run's images and predictions when they
@@ -88,6 +88,49 @@ def plot_dice(doc: Mapping[str, Any], path: Path) -> Path:
     ax.set_title("Dice per method (mean ± sd over seeds; dots: seeds)", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+CLOSURE_LIMITS = (-1.5, 1.5)  # the forest plot's x range: an interval beyond it is drawn to the edge with an arrow
+
+
+def closure_rows(doc: Mapping[str, Any], postprocessed: bool = False) -> list[tuple[str, int, float, float, float]]:
+    """(entry, pairs, closure, CI low, CI high) of each method with a paired gap closure, in the table's order."""
+    key = "gap_closure_postprocessed" if postprocessed else "gap_closure"
+    rows = []
+    for n, e in doc["entries"].items():
+        c = ((e.get(key) or {}).get("paired") or {})
+        if n in (LOWER, UPPER) or c.get("closure") is None or not c.get("ci95"):
+            continue
+        rows.append((n, int(c["n"]), float(c["closure"]), float(c["ci95"][0]), float(c["ci95"][1])))
+    return rows
+
+
+def plot_gap_closure(doc: Mapping[str, Any], path: Path) -> Path | None:
+    """The headline of every comparison as a forest plot: each method's paired gap closure with its 95% CI, on the
+    scale where 0 is the lower bound and 1 the upper bound. Green: the CI excludes 0 from above; red: from below."""
+    rows = closure_rows(doc)
+    if not rows:
+        return None
+    lo, hi = CLOSURE_LIMITS
+    fig, ax = _figure(6.4, 0.9 + 0.38 * len(rows))
+    ax = ax[0, 0]
+    for i, (name, n, c, a, b) in enumerate(reversed(rows)):
+        colour = "#2ca02c" if a > 0 else "#d62728" if b < 0 else "#555555"
+        ax.plot([max(a, lo), min(b, hi)], [i, i], color=colour, lw=2)
+        ax.plot(min(max(c, lo), hi), i, "o", color=colour, ms=6)
+        for end, edge, mark in ((a, lo, "<"), (b, hi, ">")):
+            if (end < lo if mark == "<" else end > hi):
+                ax.plot(edge, i, mark, color=colour, ms=6)
+        ax.text(hi + 0.05, i, f"{c:+.2f} [{a:+.2f}, {b:+.2f}]", va="center", fontsize=8)
+    for x, style in ((0.0, "--"), (1.0, ":")):
+        ax.axvline(x, color="k", ls=style, lw=1)
+    labels = [f"{name} ({n} pairs)" for name, n, *_ in reversed(rows)]
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.set_xlim(lo, hi)
+    ax.set_xlabel("gap closure, paired by seed and case: (method - lower) / (upper - lower)")
+    ax.set_title("Share of the supervised gap closed (95% CI); dashed: lower bound, dotted: upper", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
 
@@ -456,6 +499,8 @@ def benchmark_section(doc: Mapping[str, Any], out: Path) -> str:
     gap = doc.get("supervised_gap", {})
     figs = [
         _figure_html(plot_dice(doc, out / f"{name}_dice.png"), "Dice per method: mean over seeds with sd; dashed: lower bound, dotted: upper bound"),
+        _figure_html(plot_gap_closure(doc, out / f"{name}_gap_closure.png"),
+                     "gap closure per method, paired with the lower bound by seed and test case, with its 95% bootstrap CI"),
         _figure_html(plot_scatter(doc, out / f"{name}_per_case.png"), "per-case Dice against the lower bound"),
         _figure_html(plot_classes(doc, out / f"{name}_per_class.png"), "Dice per class"),
     ]
