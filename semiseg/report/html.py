@@ -1,9 +1,9 @@
 """HTML report of one or more benchmark results files: one file, every image embedded (base64 PNG).
 
 Per benchmark: the provenance (command, commit, machine, budget, plan), a summary table, Dice per entry
-with its spread over seeds, each method's paired gap closure with its CI (a forest plot), per-case Dice against the lower bound, per-class Dice, training curves,
-pseudo-label quality / uncertainty figures where a method has them, and overlay thumbnails of the best
-and worst test case of every entry. The PNGs are also written beside ``index.html`` for reuse.
+with its spread over seeds, each method's paired gap closure with its CI (a forest plot), per-case Dice
+against the lower bound, per-class Dice, training curves, pseudo-label quality / uncertainty figures where
+a method has them, and overlay thumbnails of the best and worst test case of every entry. The PNGs are also written beside ``index.html`` for reuse.
 A report needs only the results file: overlays are drawn from a run's images and predictions when they
 are on disk, else taken from the thumbnails kept with the results (semiseg.benchmark.thumbnails); what
 is neither (and a method's own figures whose run folder is gone) is left out with one note.
@@ -94,12 +94,11 @@ def plot_dice(doc: Mapping[str, Any], path: Path) -> Path:
 CLOSURE_LIMITS = (-1.5, 1.5)  # the forest plot's x range: an interval beyond it is drawn to the edge with an arrow
 
 
-def closure_rows(doc: Mapping[str, Any], postprocessed: bool = False) -> list[tuple[str, int, float, float, float]]:
+def closure_rows(doc: Mapping[str, Any]) -> list[tuple[str, int, float, float, float]]:
     """(entry, pairs, closure, CI low, CI high) of each method with a paired gap closure, in the table's order."""
-    key = "gap_closure_postprocessed" if postprocessed else "gap_closure"
     rows = []
     for n, e in doc["entries"].items():
-        c = ((e.get(key) or {}).get("paired") or {})
+        c = ((e.get("gap_closure") or {}).get("paired") or {})
         if n in (LOWER, UPPER) or c.get("closure") is None or not c.get("ci95"):
             continue
         rows.append((n, int(c["n"]), float(c["closure"]), float(c["ci95"][0]), float(c["ci95"][1])))
@@ -117,7 +116,8 @@ def plot_gap_closure(doc: Mapping[str, Any], path: Path) -> Path | None:
     ax = ax[0, 0]
     for i, (name, n, c, a, b) in enumerate(reversed(rows)):
         colour = "#2ca02c" if a > 0 else "#d62728" if b < 0 else "#555555"
-        ax.plot([max(a, lo), min(b, hi)], [i, i], color=colour, lw=2)
+        if max(a, lo) < min(b, hi):  # the part of the interval inside the axis
+            ax.plot([max(a, lo), min(b, hi)], [i, i], color=colour, lw=2)
         ax.plot(min(max(c, lo), hi), i, "o", color=colour, ms=6)
         for end, edge, mark in ((a, lo, "<"), (b, hi, ">")):
             if (end < lo if mark == "<" else end > hi):
