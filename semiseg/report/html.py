@@ -3,10 +3,10 @@
 Per benchmark: the provenance (command, commit, machine, budget, plan), a summary table, Dice per entry
 with its spread over seeds, each method's paired gap closure with its CI (a forest plot), per-case Dice
 against the lower bound, per-class Dice, training curves, pseudo-label quality / uncertainty figures where
-a method has them, and overlay thumbnails of the best and worst test case of every entry. The PNGs are also written beside ``index.html`` for reuse.
-A report needs only the results file: overlays are drawn from a run's images and predictions when they
-are on disk, else taken from the thumbnails kept with the results (semiseg.benchmark.thumbnails); what
-is neither (and a method's own figures whose run folder is gone) is left out with one note.
+a method has them, and overlay thumbnails of the best and worst test case of every entry. The PNGs are
+also written beside ``index.html`` for reuse. A report needs only the results file: overlays are drawn
+from a run's images and predictions when they are on disk, else taken from the thumbnails kept with the
+results (semiseg.benchmark.thumbnails); what is neither (and a method's own figures whose run folder is gone) is left out with one note.
 """
 from __future__ import annotations
 
