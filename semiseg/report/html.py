@@ -6,7 +6,8 @@ against the lower bound, per-class Dice, training curves, pseudo-label quality /
 a method has them, and overlay thumbnails of the best and worst test case of every entry. The PNGs are
 also written beside ``index.html`` for reuse. A report needs only the results file: overlays are drawn
 from a run's images and predictions when they are on disk, else taken from the thumbnails kept with the
-results (semiseg.benchmark.thumbnails); what is neither (and a method's own figures whose run folder is gone) is left out with one note.
+results (semiseg.benchmark.thumbnails); what is neither (and a method's own figures whose run folder is
+gone) is left out with one note.
 """
 from __future__ import annotations
 
