@@ -138,6 +138,19 @@ class BenchmarkConfig:
     def results_file(self) -> Path:
         return self.results_dir / f"{self.name}.json"
 
+    def pieces_dir(self, entry: str) -> Path:
+        """One entry's finished runs, ``seed_<s>.json`` each (see ``piece_path``)."""
+        return self.work_dir / "pieces" / entry
+
+    def piece_path(self, entry: str, seed: int) -> Path:
+        """One finished run, written atomically: its presence means the run needs no more work."""
+        return self.pieces_dir(entry) / f"seed_{seed}.json"
+
+    def model_dir(self, entry: str, seed: int) -> Path:
+        """Where one entry and seed trains: the upper bound in its own run folder (its cache marks every case
+        labelled), every other entry in the regime's."""
+        return self.work_dir / ("upper" if entry == UPPER else "regime") / "models" / entry / f"seed_{seed}"
+
     def summary(self) -> dict[str, Any]:
         """What the results file records about the configuration (JSON-ready)."""
         return {

@@ -53,9 +53,6 @@ class Layout:
     def run_for(self, entry: MethodSpec) -> Run:
         return self.upper if entry.name == UPPER else self.regime
 
-    def piece(self, entry: str, seed: int) -> Path:
-        return self.work / "pieces" / entry / f"seed_{seed}.json"
-
 
 def train_config(cfg: BenchmarkConfig, entry: MethodSpec, seed: int) -> TrainConfig:
     """The budget applied to one entry and seed: the same steps and batch sizes for every method."""
@@ -210,7 +207,7 @@ def _train(cfg: BenchmarkConfig, layout: Layout, entry: MethodSpec, seed: int, d
     run = layout.run_for(entry)
     tcfg = train_config(cfg, entry, seed)
     runner = runner_for(entry.method)
-    out = run.root / "models" / entry.name / f"seed_{seed}"
+    out = cfg.model_dir(entry.name, seed)
     profile_file = out / "benchmark_profile.json"
     if profile_file.is_file():
         info = json.loads(profile_file.read_text())
@@ -334,7 +331,7 @@ def collect_pieces(cfg: BenchmarkConfig, layout: Layout) -> tuple[list[dict[str,
     pieces, stale = [], []
     plan = layout.regime.plan
     for entry in cfg.entries():
-        for path in sorted((layout.work / "pieces" / entry.name).glob("seed_*.json")):
+        for path in sorted(cfg.pieces_dir(entry.name).glob("seed_*.json")):
             p = json.loads(path.read_text())
             if stored_key(p) == piece_key(cfg, entry, int(p["seed"]), plan):
                 pieces.append(p)
@@ -352,7 +349,7 @@ def postprocess_pieces(cfg: BenchmarkConfig, layout: Layout, progress: bool = Fa
     done = 0
     plan = layout.regime.plan
     for entry in cfg.entries():
-        for path in sorted((layout.work / "pieces" / entry.name).glob("seed_*.json")):
+        for path in sorted(cfg.pieces_dir(entry.name).glob("seed_*.json")):
             p = json.loads(path.read_text())
             if stored_key(p) == piece_key(cfg, entry, int(p["seed"]), plan) and not is_current(p, cfg.postprocess):
                 try:
@@ -370,7 +367,7 @@ def thumbnail_pieces(cfg: BenchmarkConfig, layout: Layout) -> int:
     done, seed, plan = 0, cfg.seeds[0], layout.regime.plan
     folder = cfg.results_dir / f"{cfg.name}_thumbnails"
     for entry in cfg.entries():
-        path = layout.piece(entry.name, seed)
+        path = cfg.piece_path(entry.name, seed)
         if not path.is_file():
             continue
         p = json.loads(path.read_text())
@@ -431,7 +428,7 @@ def restore_pieces(cfg: BenchmarkConfig, layout: Layout) -> int:
         if entry is None:
             continue
         seed = int(run["seed"])
-        path = layout.piece(entry.name, seed)
+        path = cfg.piece_path(entry.name, seed)
         piece = {**run, "key": {**run.get("key", {}), "plan": plan}}
         if path.is_file() or piece["key"] != piece_key(cfg, entry, seed, layout.run_for(entry).plan):
             continue
@@ -553,7 +550,7 @@ def run_benchmark(cfg: BenchmarkConfig, only: Sequence[str] | None = None, seeds
     skipped: list[dict[str, Any]] = []  # every runner runs here; the results keep the field older files fill
     if jobs > 1:
         pending = [(e, seed) for seed in (list(seeds) if seeds else cfg.seeds) for e in entries
-                   if not _check_piece(layout.piece(e.name, seed), piece_key(cfg, e, seed, layout.run_for(e).plan))]
+                   if not _check_piece(cfg.piece_path(e.name, seed), piece_key(cfg, e, seed, layout.run_for(e).plan))]
         failed = _run_jobs(cfg, layout, job_groups(pending), jobs, device, progress)
         out = write_results(cfg, layout, skipped, device, command)
         print(f"[{cfg.name}] results: {out}", flush=True)
@@ -562,7 +559,7 @@ def run_benchmark(cfg: BenchmarkConfig, only: Sequence[str] | None = None, seeds
         return out
     for seed in (list(seeds) if seeds else cfg.seeds):
         for e in entries:
-            path = layout.piece(e.name, seed)
+            path = cfg.piece_path(e.name, seed)
             if _check_piece(path, piece_key(cfg, e, seed, layout.run_for(e).plan)):
                 print(f"[{cfg.name}] {e.name} seed {seed}: finished earlier, skipped", flush=True)
                 continue

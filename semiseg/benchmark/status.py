@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from semiseg.benchmark.config import UPPER, BenchmarkConfig
+from semiseg.benchmark.config import BenchmarkConfig
+from semiseg.benchmark.results import load_results
 
 
 @dataclass
@@ -51,22 +52,20 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def _finished_dice(cfg: BenchmarkConfig) -> dict[tuple[str, int], float | None]:
+def _finished_dice(cfg: BenchmarkConfig, seeds: Sequence[int]) -> dict[tuple[str, int], float | None]:
     """Finished runs: the work folder's pieces, then the committed results file (a fresh clone has only that)."""
     done: dict[tuple[str, int], float | None] = {}
     if cfg.results_file.is_file():
-        try:
-            runs = json.loads(cfg.results_file.read_text()).get("runs", [])
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{cfg.results_file}: cannot read benchmark results: {e}") from None
-        for r in runs:
+        for r in load_results(cfg.results_file).get("runs", []):
             done[(r.get("entry"), int(r.get("seed", -1)))] = r.get("test", {}).get("foreground_mean", {}).get("DSC")
-    for path in sorted((cfg.work_dir / "pieces").glob("*/seed_*.json")):
-        try:
-            piece = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # pieces are written atomically; an unreadable one is not finished
-        done[(path.parent.name, int(path.stem.removeprefix("seed_")))] = piece.get("test", {}).get("foreground_mean", {}).get("DSC")
+    for e in cfg.entries():
+        for seed in seeds:
+            path = cfg.piece_path(e.name, seed)
+            try:
+                piece = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue  # absent (pieces are written atomically, so a present one reads whole)
+            done[(e.name, seed)] = piece.get("test", {}).get("foreground_mean", {}).get("DSC")
     return done
 
 
@@ -90,17 +89,18 @@ def _training(folder: Path, entry: str, seed: int, now: float) -> RunStatus:
 
 def benchmark_status(cfg: BenchmarkConfig, only: Sequence[str] | None = None, seeds: Sequence[int] | None = None) -> list[RunStatus]:
     """The state of every entry x seed of ``cfg`` (or of ``only`` / ``seeds``), in the benchmark's run order."""
-    done = _finished_dice(cfg)
+    seeds = list(seeds) if seeds else cfg.seeds
+    done = _finished_dice(cfg, seeds)
     now = time.time()
     rows = []
-    for seed in (list(seeds) if seeds else cfg.seeds):
+    for seed in seeds:
         for e in cfg.entries():
             if only and e.name not in only:
                 continue
             if (e.name, seed) in done:
                 rows.append(RunStatus(e.name, seed, "finished", dice=done[(e.name, seed)]))
                 continue
-            folder = cfg.work_dir / ("upper" if e.name == UPPER else "regime") / "models" / e.name / f"seed_{seed}"
+            folder = cfg.model_dir(e.name, seed)
             if (folder / "benchmark_profile.json").is_file():
                 rows.append(RunStatus(e.name, seed, "trained, not yet scored"))
             elif folder.is_dir() and any(folder.rglob("train_config.json")):  # the engine writes it when a training starts
