@@ -3,6 +3,7 @@ benchmark's own plan (network, patch size, batch sizes, method parameters), fed 
 runs where the data is not (the GPU machine, which gets only this repository).
 
     python benchmarks/step_bench.py plan benchmarks/chaos_ssl_gpu.yaml ...    # needs the dataset: writes benchmarks/plans/<name>.json
+    python benchmarks/step_bench.py plan --all                                # remakes every committed plan file
     python benchmarks/step_bench.py run --plans chaos_ssl_gpu la_ssl8_gpu --device cuda --amp on off
     python benchmarks/step_bench.py run --plans chaos_ssl_cpu la_ssl8_cpu --device cpu --threads 1
     python benchmarks/step_bench.py run --plans la_ssl4_cpu --precision bf16 fp32                       # CPU autocast vs fp32
@@ -267,7 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("plan", help="plan benchmark configs into benchmarks/plans/<name>.json (needs the datasets)")
-    p.add_argument("configs", nargs="+")
+    p.add_argument("configs", nargs="*")
+    p.add_argument("--all", action="store_true", help="remake every plan file in benchmarks/plans/ from its recorded source "
+                   "(a config that others extend changes their plan files too)")
     r = sub.add_parser("run", help="time every entry of the named plan files")
     r.add_argument("--plans", nargs="+", required=True, help="plan names in benchmarks/plans/ or paths")
     r.add_argument("--device", default="cpu")
@@ -288,7 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         o.add_argument(name, required=True, **kw)
     a = ap.parse_args(argv)
     if a.cmd == "plan":
-        for c in a.configs:
+        if bool(a.configs) == a.all:
+            ap.error("plan takes config files, or --all for every committed plan file (one of the two)")
+        sources = sorted({load_plan_file(str(f))["source"] for f in PLANS.glob("*.json")}) if a.all else a.configs
+        for c in sources:
             print(make_plan_file(Path(c)))
         return 0
     if a.cmd == "_one":
