@@ -103,7 +103,7 @@ def test_committed_plan_files_match_their_configs(sb):
             continue
         checked += 1
         stale = (f"{path.name} is stale: remake it with `python benchmarks/step_bench.py plan {doc['source']}` "
-                     "(or every plan file, configs that extend others included, with `plan --all`)")
+                 "(or every plan file, configs that extend others included, with `plan --all`)")
         assert doc["benchmark"] == cfg.name and doc["budget"]["iterations"] == cfg.budget.iterations, stale
         assert doc["budget"]["train"] == cfg.budget.train, stale
         engine = [e.name for e in cfg.methods if e.method not in sb.SELF_TRAINING]
