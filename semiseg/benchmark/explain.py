@@ -1,0 +1,112 @@
+"""Why an entry scores what it does, as text: each test case against the lower bound (and the entry's own supervised
+baseline where it has one), seed by seed, and its training curve's diagnostics averaged over thirds of the run.
+
+A mean Dice alone cannot tell a method that loses everywhere from one that fails on two hard cases, nor an inert
+unlabelled term (``grad_share`` ~0) from a runaway one (>> 1); the closing notes of issue 16 read exactly this.
+It reads a committed results file only, so it runs anywhere the file is, without the work folder:
+
+    python -m semiseg.benchmark.explain benchmarks/results/la_ssl4_cpu.json cps-alw-dropout [--seeds 1 2]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from semiseg.benchmark.config import LOWER
+from semiseg.benchmark.paired import format_closure, format_diff, format_number, format_p
+from semiseg.benchmark.results import load_results
+
+
+def curve_thirds(curve: Mapping[str, Sequence[float | None]], iterations: int) -> dict[str, list[float | None]]:
+    """Mean of every logged key of ``curve`` over steps [0, n/3), [n/3, 2n/3), [2n/3, n]; None where a third
+    has no logged value (a key logged only in one phase, e.g. MPL's fine-tune)."""
+    steps = list(curve["step"])
+    edges = [iterations * k / 3 for k in range(4)]
+    out: dict[str, list[float | None]] = {}
+    for key, values in curve.items():
+        if key == "step":
+            continue
+        means: list[float | None] = []
+        for i in range(3):
+            last = i == 2
+            v = [float(x) for st, x in zip(steps, values)
+                 if x is not None and not math.isnan(float(x)) and edges[i] <= st and (st < edges[i + 1] or last)]
+            means.append(sum(v) / len(v) if v else None)
+        out[key] = means
+    return out
+
+
+def _run(doc: Mapping[str, Any], entry: str, seed: int) -> Mapping[str, Any] | None:
+    return next((r for r in doc["runs"] if r["entry"] == entry and int(r["seed"]) == seed), None)
+
+
+def _case_dice(doc: Mapping[str, Any], entry: str, seed: int) -> dict[str, float | None]:
+    per_seed = (doc["entries"].get(entry) or {}).get("per_seed") or {}
+    return dict((per_seed.get(str(seed)) or {}).get("per_case_dice") or {})
+
+
+def _cell(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "—"
+    return f"{x:+.3f}" if signed else f"{x:.3f}"
+
+
+def explain(doc: Mapping[str, Any], entry: str, seeds: Sequence[int] | None = None) -> str:
+    """The text: the entry's paired verdicts, then per seed its cases against the bounds and its curve by thirds."""
+    if entry not in doc["entries"]:
+        raise ValueError(f"entry {entry!r} has no finished run in this results file; it has: {', '.join(doc['entries'])}")
+    e = doc["entries"][entry]
+    baseline = (e.get("paired_vs_baseline") or {}).get("baseline")
+    refs = [LOWER] + ([baseline] if baseline else [])
+    done = sorted(int(s) for s in (e.get("per_seed") or {}))
+    chosen = [s for s in (seeds if seeds is not None else done)]
+    missing = [s for s in chosen if s not in done]
+    if missing:
+        raise ValueError(f"entry {entry!r} has no finished seed {', '.join(map(str, missing))}; finished: {done}")
+    dsc = (e.get("foreground") or {}).get("DSC") or {}
+    lines = [f"# {entry} ({e.get('method')}): Dice {format_number(dsc.get('mean'))} over {len(done)} seed(s)"]
+    if e.get("paired_vs_lower"):
+        lines.append(f"- vs {LOWER}: {format_diff(e['paired_vs_lower'])}, Wilcoxon p {format_p(e['paired_vs_lower'])}; "
+                     f"gap closure {format_closure((e.get('gap_closure') or {}).get('paired'))}")
+    if baseline:
+        lines.append(f"- vs {baseline} (its own network's supervised run): {format_diff(e['paired_vs_baseline'])}, "
+                     f"Wilcoxon p {format_p(e['paired_vs_baseline'])}")
+    iterations = int(doc["benchmark"]["budget"]["iterations"])
+    for seed in chosen:
+        mine = _case_dice(doc, entry, seed)
+        theirs = {r: _case_dice(doc, r, seed) for r in refs if r != entry}
+        lines += ["", f"## seed {seed}", "",
+                  "| case | " + entry + " | " + " | ".join(f"{r} | Δ" for r in theirs) + " |",
+                  "|---|---:|" + "---:|---:|" * len(theirs)]
+        for case in sorted(mine):
+            cells = [_cell(mine[case])]
+            for ref in theirs.values():
+                b = ref.get(case)
+                cells += [_cell(b), _cell(None if b is None or mine[case] is None else mine[case] - b, signed=True)]
+            lines.append(f"| {case} | " + " | ".join(cells) + " |")
+        run = _run(doc, entry, seed)
+        if run and run.get("curve"):
+            n = iterations
+            lines += ["", f"curve, mean over steps 0-{n // 3} / {n // 3}-{2 * n // 3} / {2 * n // 3}-{n}:"]
+            for key, means in curve_thirds(run["curve"], n).items():
+                lines.append(f"- {key}: " + " / ".join("—" if m is None else f"{m:.4g}" for m in means))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m semiseg.benchmark.explain", description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", type=Path, help="a benchmark results file (benchmarks/results/NAME.json)")
+    ap.add_argument("entry", help="the entry to explain")
+    ap.add_argument("--seeds", type=int, nargs="+", help="seeds to show (default: every finished one)")
+    a = ap.parse_args(argv)
+    try:
+        print(explain(load_results(a.results), a.entry, a.seeds))
+    except (OSError, ValueError) as err:
+        ap.exit(2, f"explain: {a.results}: {err}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""`python -m semiseg.benchmark.explain`: per-case deltas against the bounds and curve means by thirds."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from semiseg.benchmark.explain import curve_thirds, explain, main
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "la_ssl4_cpu.json"
+
+
+def test_curve_thirds_means_each_third_and_skips_unlogged_values() -> None:
+    curve = {"step": [0, 500, 1000, 1500, 2000, 2500, 3000],
+             "loss": [6.0, 4.0, 3.0, 1.0, 0.5, 0.25, 0.75],
+             "h": [None, None, None, None, 2.0, None, 4.0]}
+    t = curve_thirds(curve, 3000)
+    assert t["loss"] == pytest.approx([5.0, 2.0, 0.5])  # the last third includes the final step
+    assert t["h"][0] is None and t["h"][1] is None and t["h"][2] == pytest.approx(3.0)
+    assert "step" not in t
+
+
+def _doc() -> dict:
+    def seed(cases: dict) -> dict:
+        return {"per_case_dice": cases}
+    return {
+        "benchmark": {"budget": {"iterations": 300}},
+        "entries": {
+            "lower": {"method": "supervised", "per_seed": {"0": seed({"a": 0.5, "b": 0.9})}},
+            "plain": {"method": "supervised", "per_seed": {"0": seed({"a": 0.4, "b": 0.7})}},
+            "m": {"method": "mpl", "foreground": {"DSC": {"mean": 0.75}}, "per_seed": {"0": seed({"a": 0.6, "b": 0.9})},
+                  "paired_vs_baseline": {"baseline": "plain", "mean_diff": 0.2, "ci95": [0.1, 0.3], "wilcoxon_p": 0.5}},
+        },
+        "runs": [{"entry": "m", "seed": 0, "curve": {"step": [0, 100, 200, 300], "grad_share": [0.0, 0.1, 0.2, 0.4]}}],
+    }
+
+
+def test_explain_pairs_each_case_with_the_lower_bound_and_the_own_baseline() -> None:
+    text = explain(_doc(), "m")
+    assert "| a | 0.600 | 0.500 | +0.100 | 0.400 | +0.200 |" in text
+    assert "| b | 0.900 | 0.900 | +0.000 | 0.700 | +0.200 |" in text
+    assert "vs plain (its own network's supervised run): +0.200 [+0.100, +0.300]" in text
+    assert "- grad_share: 0 / 0.1 / 0.3" in text
+
+
+def test_explain_refuses_an_unknown_entry_or_seed_by_name() -> None:
+    with pytest.raises(ValueError, match="'x' has no finished run.*lower, plain, m"):
+        explain(_doc(), "x")
+    with pytest.raises(ValueError, match="no finished seed 3"):
+        explain(_doc(), "m", [3])
+
+
+@pytest.mark.skipif(not RESULTS.exists(), reason="committed LA results absent")
+def test_explain_reads_a_committed_results_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(RESULTS), "upper", "--seeds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# upper (supervised)") and "| la_040 |" in out and "| lower | Δ |" in out
+    with pytest.raises(SystemExit) as e:
+        main([str(RESULTS), "no-such-entry"])
+    assert e.value.code == 2
+    assert "no-such-entry" in capsys.readouterr().err
