@@ -31,7 +31,10 @@ def _doc() -> dict:
             "m": {"method": "mpl", "foreground": {"DSC": {"mean": 0.75}}, "per_seed": {"0": seed({"a": 0.6, "b": 0.9})},
                   "paired_vs_baseline": {"baseline": "plain", "mean_diff": 0.2, "ci95": [0.1, 0.3], "wilcoxon_p": 0.5}},
         },
-        "runs": [{"entry": "m", "seed": 0, "curve": {"step": [0, 100, 200, 300], "grad_share": [0.0, 0.1, 0.2, 0.4]}}],
+        "runs": [{"entry": "m", "seed": 0, "curve": {"step": [0, 100, 200, 300], "grad_share": [0.0, 0.1, 0.2, 0.4]},
+                  "pseudo_label_quality": {"st/round_0/quality.json": {
+                      "n": 8, "n_selected": 3, "mean_dice": 0.7, "mean_dice_selected": 0.8, "mean_dice_rejected": 0.64,
+                      "spearman_rho": -0.5, "p_value": 0.2}}}],
     }
 
 
@@ -41,6 +44,7 @@ def test_explain_pairs_each_case_with_the_lower_bound_and_the_own_baseline() -> 
     assert "| b | 0.900 | 0.900 | +0.000 | 0.700 | +0.200 |" in text
     assert "vs plain (its own network's supervised run): +0.200 [+0.100, +0.300]" in text
     assert "- grad_share: 0 / 0.1 / 0.3" in text
+    assert "- round_0: 3 of 8 kept; Dice 0.700 (kept 0.800, left 0.640); Spearman rho of the selection score with it -0.50" in text
 
 
 def test_explain_refuses_an_unknown_entry_or_seed_by_name() -> None:

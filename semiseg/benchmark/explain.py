@@ -1,5 +1,6 @@
 """Why an entry scores what it does, as text: each test case against the lower bound (and the entry's own supervised
-baseline where it has one), seed by seed, and its training curve's diagnostics averaged over thirds of the run.
+baseline where it has one), seed by seed, its training curve's diagnostics averaged over thirds of the run, and for
+self-training each round's pseudo-label quality.
 
 A mean Dice alone cannot tell a method that loses everywhere from one that fails on two hard cases, nor an inert
 unlabelled term (``grad_share`` ~0) from a runaway one (>> 1); the closing notes of issue 16 read exactly this.
@@ -16,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from semiseg.benchmark.config import LOWER
 from semiseg.benchmark.paired import format_closure, format_diff, format_number, format_p
-from semiseg.benchmark.results import load_results
+from semiseg.benchmark.results import load_results, pseudo_label_rounds
 
 
 def curve_thirds(curve: Mapping[str, Sequence[float | None]], iterations: int) -> dict[str, list[float | None]]:
@@ -92,6 +93,13 @@ def explain(doc: Mapping[str, Any], entry: str, seeds: Sequence[int] | None = No
             lines += ["", f"curve, mean over steps 0-{n // 3} / {n // 3}-{2 * n // 3} / {2 * n // 3}-{n}:"]
             for key, means in curve_thirds(run["curve"], n).items():
                 lines.append(f"- {key}: " + " / ".join("—" if m is None else f"{m:.4g}" for m in means))
+        rounds = pseudo_label_rounds([run] if run else [])
+        if rounds:
+            lines += ["", "pseudo-labels by round (Dice against the hidden labels, for evaluation only):"]
+        for q in rounds:
+            lines.append(f"- {q['round']}: {q['n_selected']} of {q['n']} kept; Dice {_cell(q['mean_dice'])} (kept "
+                         f"{_cell(q['mean_dice_selected'])}, left {_cell(q['mean_dice_rejected'])}); Spearman rho of the "
+                         f"selection score with it {format_number(q['spearman_rho'], 2)}")
     return "\n".join(lines)
 
 
