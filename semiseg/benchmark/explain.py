@@ -62,7 +62,7 @@ def explain(doc: Mapping[str, Any], entry: str, seeds: Sequence[int] | None = No
     baseline = (e.get("paired_vs_baseline") or {}).get("baseline")
     refs = [LOWER] + ([baseline] if baseline else [])
     done = sorted(int(s) for s in (e.get("per_seed") or {}))
-    chosen = [s for s in (seeds if seeds is not None else done)]
+    chosen = list(seeds) if seeds is not None else done
     missing = [s for s in chosen if s not in done]
     if missing:
         raise ValueError(f"entry {entry!r} has no finished seed {', '.join(map(str, missing))}; finished: {done}")
