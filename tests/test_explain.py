@@ -47,6 +47,14 @@ def test_explain_pairs_each_case_with_the_lower_bound_and_the_own_baseline() -> 
     assert "- round_0: 3 of 8 kept; Dice 0.700 (kept 0.800, left 0.640); Spearman rho of the selection score with it -0.50" in text
 
 
+def test_explain_pairs_against_another_entry_by_seed_and_case() -> None:
+    text = explain(_doc(), "m", against=["plain"])
+    assert "- vs plain (paired over seeds 0, 2 pairs): +0.200 [+0.200, +0.200], Wilcoxon p" in text
+    assert text.count("| plain | Δ") == 1  # the own baseline named again is one column, not two
+    with pytest.raises(ValueError, match="'nope' has no finished run"):
+        explain(_doc(), "m", against=["nope"])
+
+
 def test_explain_refuses_an_unknown_entry_or_seed_by_name() -> None:
     with pytest.raises(ValueError, match="'x' has no finished run.*lower, plain, m"):
         explain(_doc(), "x")

@@ -6,7 +6,10 @@ A mean Dice alone cannot tell a method that loses everywhere from one that fails
 unlabelled term (``grad_share`` ~0) from a runaway one (>> 1); the closing notes of issue 16 read exactly this.
 It reads a committed results file only, so it runs anywhere the file is, without the work folder:
 
-    python -m semiseg.benchmark.explain benchmarks/results/la_ssl4_cpu.json cps-alw-dropout [--seeds 1 2]
+    python -m semiseg.benchmark.explain benchmarks/results/la_ssl4_cpu.json cps-alw-dropout [--seeds 1 2] [--against cps-dropout]
+
+``--against`` adds other entries as references: a paired verdict over the (seed, case) pairs both have among the
+shown seeds, and their per-case columns (e.g. CPS-ALW against plain CPS on the same network).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from semiseg.benchmark.config import LOWER
-from semiseg.benchmark.paired import format_closure, format_diff, format_number, format_p
+from semiseg.benchmark.paired import format_closure, format_diff, format_number, format_p, paired_comparison
 from semiseg.benchmark.results import load_results, pseudo_label_rounds
 
 
@@ -54,13 +57,19 @@ def _cell(x: float | None, signed: bool = False) -> str:
     return f"{x:+.3f}" if signed else f"{x:.3f}"
 
 
-def explain(doc: Mapping[str, Any], entry: str, seeds: Sequence[int] | None = None) -> str:
-    """The text: the entry's paired verdicts, then per seed its cases against the bounds and its curve by thirds."""
-    if entry not in doc["entries"]:
-        raise ValueError(f"entry {entry!r} has no finished run in this results file; it has: {', '.join(doc['entries'])}")
+def _pairs(doc: Mapping[str, Any], entry: str, seeds: Sequence[int]) -> dict[tuple[int, str], float | None]:
+    return {(s, c): v for s in seeds for c, v in _case_dice(doc, entry, s).items()}
+
+
+def explain(doc: Mapping[str, Any], entry: str, seeds: Sequence[int] | None = None, against: Sequence[str] = ()) -> str:
+    """The text: the entry's paired verdicts, then per seed its cases against the bounds (and ``against``) and its
+    curve by thirds."""
+    for name in (entry, *against):
+        if name not in doc["entries"]:
+            raise ValueError(f"entry {name!r} has no finished run in this results file; it has: {', '.join(doc['entries'])}")
     e = doc["entries"][entry]
     baseline = (e.get("paired_vs_baseline") or {}).get("baseline")
-    refs = [LOWER] + ([baseline] if baseline else [])
+    refs = list(dict.fromkeys([LOWER] + ([baseline] if baseline else []) + list(against)))
     done = sorted(int(s) for s in (e.get("per_seed") or {}))
     chosen = list(seeds) if seeds is not None else done
     missing = [s for s in chosen if s not in done]
@@ -74,6 +83,10 @@ def explain(doc: Mapping[str, Any], entry: str, seeds: Sequence[int] | None = No
     if baseline:
         lines.append(f"- vs {baseline} (its own network's supervised run): {format_diff(e['paired_vs_baseline'])}, "
                      f"Wilcoxon p {format_p(e['paired_vs_baseline'])}")
+    for other in against:
+        c = paired_comparison(_pairs(doc, entry, chosen), _pairs(doc, other, chosen), other)
+        lines.append(f"- vs {other} (paired over seeds {', '.join(map(str, chosen))}, {c['n']} pairs): {format_diff(c)}, "
+                     f"Wilcoxon p {format_p(c)}: {c['verdict']}")
     iterations = int(doc["benchmark"]["budget"]["iterations"])
     for seed in chosen:
         mine = _case_dice(doc, entry, seed)
@@ -108,9 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("results", type=Path, help="a benchmark results file (benchmarks/results/NAME.json)")
     ap.add_argument("entry", help="the entry to explain")
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds to show (default: every finished one)")
+    ap.add_argument("--against", nargs="+", default=[], metavar="ENTRY",
+                    help="other entries to pair with, by seed and case (e.g. plain CPS against CPS-ALW)")
     a = ap.parse_args(argv)
     try:
-        print(explain(load_results(a.results), a.entry, a.seeds))
+        print(explain(load_results(a.results), a.entry, a.seeds, a.against))
     except (OSError, ValueError) as err:
         ap.exit(2, f"explain: {a.results}: {err}\n")
     return 0
