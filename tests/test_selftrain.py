@@ -349,3 +349,15 @@ def test_round0_fold_models_are_trained_once_and_shared_between_methods(run: Run
     trained.clear()
     run_selftrain(run, tiny("uncertainty", seed=1, evaluate_quality=False), progress=False)  # another seed: other models
     assert {p.name for p in trained} == {"fold_0", "fold_1", "final"}
+
+
+def test_lineage_history_puts_the_fine_tuned_model_after_the_model_it_started_from(tmp_path: Path) -> None:
+    student, finetune = tmp_path / "student", tmp_path / "finetune"
+    for folder, history, init in ((student, [{"step": 0, "loss": 2.0}, {"step": 1, "loss": 1.0}], None),
+                                  (finetune, [{"step": 0, "loss": 0.5}], "../student/model_final.pt")):
+        folder.mkdir()
+        (folder / "log.json").write_text(json.dumps({"history": history}))
+        (folder / P.MANIFEST_FILE).write_text(json.dumps({"init_weights": init}))
+    assert P.lineage_history(finetune) == [{"step": 0, "loss": 2.0}, {"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]
+    assert P.lineage_history(student) == [{"step": 0, "loss": 2.0}, {"step": 1, "loss": 1.0}]
+    assert P.lineage_history(tmp_path / "absent") == []

@@ -296,6 +296,14 @@ def _figures(folder: Path) -> tuple[list[str], dict[str, Any]]:
     return pngs, quality
 
 
+def training_history(train_info: dict[str, Any]) -> list[dict[str, float]]:
+    """The final model's training log, with the runs it was fine-tuned from before it (a noisy student's student)."""
+    from semiseg.selftrain.pipeline import lineage_history
+
+    log = Path(train_info["log"]) if train_info.get("log") else None
+    return lineage_history(log.parent) if log is not None and log.is_file() else []
+
+
 def run_piece(cfg: BenchmarkConfig, layout: Layout, entry: MethodSpec, seed: int, device: str | None = None,
               progress: bool = True, command: Sequence[str] | None = None) -> dict[str, Any]:
     """Train, predict the test cases, evaluate: the piece of the results for one entry and seed."""
@@ -313,8 +321,7 @@ def run_piece(cfg: BenchmarkConfig, layout: Layout, entry: MethodSpec, seed: int
         piece["unlabelled"], _ = _predict_and_score(cfg, model, layout.unlabelled_images, layout.unlabelled_labels,
                                                     layout.work / "predictions" / tag / "unlabelled",
                                                     layout.work / "eval" / entry.name / f"seed_{seed}_unlabelled.json", device, progress)
-    log = json.loads(Path(train_info["log"]).read_text()) if train_info.get("log") and Path(train_info["log"]).is_file() else {}
-    piece["curve"] = downsample_history(log.get("history", []))
+    piece["curve"] = downsample_history(training_history(train_info))
     piece["figures"], piece["pseudo_label_quality"] = _figures(Path(train_info["model_dir"]))
     for summary in sorted(Path(train_info["model_dir"]).glob("selftrain_*/summary.json")):
         # rounds, selection counts, pseudo-label quality, and which models were reused from another

@@ -286,6 +286,21 @@ def train_model(plan: Plan, tc: TrainConfig, spec: DataSpec, out: Path, device: 
     return model
 
 
+def lineage_history(model_dir: Path, max_depth: int = 8) -> list[dict[str, float]]:
+    """The training log of the model in ``model_dir`` preceded by that of the model it was fine-tuned from (its
+    manifest's ``init_weights``), steps offset to follow on, and so on up the chain: a noisy student's curve is the
+    student's run then the fine-tune, where the fine-tune's own log holds only its last few hundred steps."""
+    log = model_dir / "log.json"
+    history = list(json.loads(log.read_text()).get("history", [])) if log.is_file() else []
+    manifest = model_dir / MANIFEST_FILE
+    init = json.loads(manifest.read_text()).get("init_weights") if manifest.is_file() else None
+    if not init or max_depth <= 0:
+        return history
+    earlier = lineage_history((model_dir / init).resolve().parent, max_depth - 1)
+    offset = earlier[-1]["step"] + 1 if earlier else 0
+    return earlier + [{**h, "step": h["step"] + offset} for h in history]
+
+
 def train_task(plan: Plan, tc: TrainConfig, spec: DataSpec, out: Path, executor: Executor, device: str | None = None,
                progress: bool = True, **kw: Any) -> Task:
     """One :func:`train_model` call as an executor task (its data folders are made before, by the caller)."""
