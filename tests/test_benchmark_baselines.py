@@ -10,9 +10,11 @@ import torch
 from torch import nn
 
 from semiseg.benchmark.config import ConfigError, load_config
+from semiseg.benchmark.runners import SelfTrainRunner
 from semiseg.config import TrainConfig
 from semiseg.methods import METHODS, build_method
 from semiseg.run import create_run
+from semiseg.selftrain.pipeline import METHODS as SELFTRAIN, scaled_width, train_config as selftrain_train_config
 from synthetic_data import make_dataset
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.yaml"))
@@ -47,13 +49,18 @@ def test_every_method_names_a_baseline_with_its_network(path: Path, synthetic: P
     torch.manual_seed(0)
 
     def kept(entry) -> tuple:
-        method = build_method(run.plan, TrainConfig(method=entry.method, method_params=dict(entry.params)))
-        return signature(method.inference_network())
+        tc = TrainConfig(method=entry.method, method_params=dict(entry.params))
+        plan = run.plan
+        if entry.method in SELFTRAIN:  # its final model: a supervised-engine run built from the entry's SelfTrainConfig
+            stc = SelfTrainRunner().selftrain_config(tc)
+            plan = scaled_width(plan, stc.student_width) if entry.method == "noisy-student" else plan
+            tc = selftrain_train_config(plan, stc)
+        return signature(build_method(plan, tc).inference_network())
 
     entries = {e.name: e for e in cfg.entries()}
     lower = kept(entries["lower"])
     for e in cfg.methods:
-        if e.method == "supervised" or e.method not in METHODS:  # offline self-training keeps a supervised-engine model
+        if e.method == "supervised" or (e.method not in METHODS and e.method not in SELFTRAIN):
             continue
         mine, base = kept(e), kept(entries[e.baseline])
         assert mine == base, (f"{path.name}: '{e.name}' keeps {mine[0]} with dropout {mine[2] or 'none'} but its "
