@@ -630,6 +630,26 @@ def test_gap_closure_forest_plot_shows_each_methods_paired_closure(bench, report
     assert (report.parent / "tiny_gap_closure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_own_bound_forest_pairs_each_method_with_its_own_network(tmp_path):
+    """Each method against its own baseline where it names one, else against the lower bound; supervised runs, the
+    bounds and unpaired entries are left out; no plot without any row."""
+    from semiseg.report.html import own_bound_rows, plot_own_bound
+
+    def paired(d: float, ci: list[float], baseline: str | None = None) -> dict:
+        return {"n": 8, "mean_diff": d, "ci95": ci, **({"baseline": baseline} if baseline else {})}
+
+    doc = {"entries": {
+        "lower": {"method": "supervised"}, "plain": {"method": "supervised", "paired_vs_lower": paired(-0.1, [-0.2, 0.0])},
+        "st": {"method": "uncertainty", "paired_vs_lower": paired(-0.03, [-0.07, 0.01]),
+               "paired_vs_baseline": paired(0.12, [0.03, 0.23], "plain")},
+        "cps": {"method": "cps", "paired_vs_lower": paired(0.026, [0.007, 0.051])},
+        "new": {"method": "mpl", "paired_vs_lower": {"n": 1, "mean_diff": 0.1, "ci95": None}}}}
+    assert own_bound_rows(doc) == [("st", "plain", 8, 0.12, 0.03, 0.23), ("cps", "lower", 8, 0.026, 0.007, 0.051)]
+    out = plot_own_bound(doc, tmp_path / "own.png")
+    assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_own_bound({"entries": {"lower": {}}}, tmp_path / "none.png") is None
+
+
 def test_self_training_rounds_are_a_table_in_the_readme_and_the_report(bench, tmp_path):
     """Issue 16: pseudo-label Dice and the selection score's Spearman rho per round, from the quality files a
     self-training run leaves, as a table (not a JSON dump), sorted by entry, seed and round."""

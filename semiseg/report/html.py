@@ -1,7 +1,8 @@
 """HTML report of one or more benchmark results files: one file, every image embedded (base64 PNG).
 
 Per benchmark: the provenance (command, commit, machine, budget, plan), a summary table, Dice per entry
-with its spread over seeds, each method's paired gap closure with its CI (a forest plot), per-case Dice
+with its spread over seeds, each method's paired gap closure with its CI (a forest plot), each method against
+its own network's supervised run (a second forest plot), per-case Dice
 against the lower bound, per-class Dice, training curves, pseudo-label quality / uncertainty figures where
 a method has them, and overlay thumbnails of the best and worst test case of every entry. The PNGs are
 also written beside ``index.html`` for reuse. A report needs only the results file: overlays are drawn
@@ -106,16 +107,15 @@ def closure_rows(doc: Mapping[str, Any]) -> list[tuple[str, int, float, float, f
     return rows
 
 
-def plot_gap_closure(doc: Mapping[str, Any], path: Path) -> Path | None:
-    """The headline of every comparison as a forest plot: each method's paired gap closure with its 95% CI, on the
-    scale where 0 is the lower bound and 1 the upper bound. Green: the CI excludes 0 from above; red: from below."""
-    rows = closure_rows(doc)
-    if not rows:
-        return None
-    lo, hi = CLOSURE_LIMITS
-    fig, ax = _figure(6.4, 0.9 + 0.38 * len(rows))
+def _forest(rows: Sequence[tuple[str, float, float, float]], limits: tuple[float, float], path: Path, xlabel: str,
+            title: str, refs: Sequence[float]) -> Path:
+    """A forest plot of (label, estimate, CI low, CI high) rows, top to bottom in the given order. Green: the CI
+    excludes 0 from above; red: from below; an interval beyond the axis is drawn to its edge with an arrow."""
+    lo, hi = limits
+    span = hi - lo
+    fig, ax = _figure(7.6, 0.9 + 0.38 * len(rows))
     ax = ax[0, 0]
-    for i, (name, n, c, a, b) in enumerate(reversed(rows)):
+    for i, (_, c, a, b) in enumerate(reversed(rows)):
         colour = "#2ca02c" if a > 0 else "#d62728" if b < 0 else "#555555"
         if max(a, lo) < min(b, hi):  # the part of the interval inside the axis
             ax.plot([max(a, lo), min(b, hi)], [i, i], color=colour, lw=2)
@@ -123,16 +123,54 @@ def plot_gap_closure(doc: Mapping[str, Any], path: Path) -> Path | None:
         for end, edge, mark in ((a, lo, "<"), (b, hi, ">")):
             if (end < lo if mark == "<" else end > hi):
                 ax.plot(edge, i, mark, color=colour, ms=6)
-        ax.text(hi + 0.05, i, f"{c:+.2f} [{a:+.2f}, {b:+.2f}]", va="center", fontsize=8)
-    for x, style in ((0.0, "--"), (1.0, ":")):
+        digits = 2 if span > 1 else 3
+        ax.text(hi + span / 60, i, f"{c:+.{digits}f} [{a:+.{digits}f}, {b:+.{digits}f}]", va="center", fontsize=8)
+    for x, style in zip(refs, ("--", ":")):
         ax.axvline(x, color="k", ls=style, lw=1)
-    labels = [f"{name} ({n} pairs)" for name, n, *_ in reversed(rows)]
-    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)], fontsize=8)
     ax.set_xlim(lo, hi)
-    ax.set_xlabel("gap closure, paired by seed and case: (method - lower) / (upper - lower)")
-    ax.set_title("Share of the supervised gap closed (95% CI); dashed: lower bound, dotted: upper", fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
+
+
+def plot_gap_closure(doc: Mapping[str, Any], path: Path) -> Path | None:
+    """The headline of every comparison as a forest plot: each method's paired gap closure with its 95% CI, on the
+    scale where 0 is the lower bound and 1 the upper bound. Green: the CI excludes 0 from above; red: from below."""
+    rows = closure_rows(doc)
+    if not rows:
+        return None
+    return _forest([(f"{name} ({n} pairs)", c, a, b) for name, n, c, a, b in rows], CLOSURE_LIMITS, path,
+                   "gap closure, paired by seed and case: (method - lower) / (upper - lower)",
+                   "Share of the supervised gap closed (95% CI); dashed: lower, dotted: upper", (0.0, 1.0))
+
+
+def own_bound_rows(doc: Mapping[str, Any]) -> list[tuple[str, str, int, float, float, float]]:
+    """(entry, reference, pairs, Dice difference, CI low, CI high) of each method against the supervised run of its own
+    network (its ``baseline``; the lower bound where it trains the bounds' network): issue 16's per-method bar."""
+    rows = []
+    for n, e in doc["entries"].items():
+        if n in (LOWER, UPPER) or e.get("method") == "supervised":
+            continue
+        c = e.get("paired_vs_baseline") or e.get("paired_vs_lower") or {}
+        if c.get("mean_diff") is None or not c.get("ci95"):
+            continue
+        rows.append((n, c.get("baseline") or LOWER, int(c["n"]), float(c["mean_diff"]), float(c["ci95"][0]), float(c["ci95"][1])))
+    return rows
+
+
+def plot_own_bound(doc: Mapping[str, Any], path: Path) -> Path | None:
+    """Each method's paired Dice difference from the supervised run of its own network (95% CI): a method that keeps
+    another network than the bounds' (plain, light) is judged here against that network, not against the bounds."""
+    rows = own_bound_rows(doc)
+    if not rows:
+        return None
+    reach = max(0.1, *(max(abs(a), abs(b)) for *_, a, b in rows))
+    limit = min(0.5, float(np.ceil(reach * 20) / 20))
+    return _forest([(f"{name} - {ref} ({n} pairs)", d, a, b) for name, ref, n, d, a, b in rows], (-limit, limit), path,
+                   "Dice, paired by seed and case: method - its own network's supervised run",
+                   "Each method against its own lower bound (95% CI)", (0.0,))
 
 
 def plot_scatter(doc: Mapping[str, Any], path: Path) -> Path | None:
@@ -502,6 +540,8 @@ def benchmark_section(doc: Mapping[str, Any], out: Path) -> str:
         _figure_html(plot_dice(doc, out / f"{name}_dice.png"), "Dice per method: mean over seeds with sd; dashed: lower bound, dotted: upper bound"),
         _figure_html(plot_gap_closure(doc, out / f"{name}_gap_closure.png"),
                      "gap closure per method, paired with the lower bound by seed and test case, with its 95% bootstrap CI"),
+        _figure_html(plot_own_bound(doc, out / f"{name}_own_bound.png"),
+                     "each method against the supervised run of its own network (its lower bound), paired by seed and test case"),
         _figure_html(plot_scatter(doc, out / f"{name}_per_case.png"), "per-case Dice against the lower bound"),
         _figure_html(plot_classes(doc, out / f"{name}_per_class.png"), "Dice per class"),
     ]
