@@ -627,12 +627,14 @@ def test_gap_closure_forest_plot_shows_each_methods_paired_closure(bench, report
     assert plot_gap_closure({"entries": {"lower": {}, "new": {}}}, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
     assert [r[0] for r in closure_rows(json.loads(bench["results"].read_text()))] == ["mean-teacher"]
+    assert json.loads(bench["results"].read_text())["entries"]["mean-teacher"]["baseline"] == "lower"  # declared, recorded
     assert (report.parent / "tiny_gap_closure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_own_bound_forest_pairs_each_method_with_its_own_network(tmp_path):
-    """Each method against its own baseline where it names one, else against the lower bound; supervised runs, the
-    bounds and unpaired entries are left out; no plot without any row."""
+    """Each method against the baseline it declares (the lower bound included); never against another network when
+    that baseline has not run, nor for results without declared baselines; supervised runs, the bounds and unpaired
+    entries are left out; no plot without any row."""
     from semiseg.report.html import own_bound_rows, plot_own_bound
 
     def paired(d: float, ci: list[float], baseline: str | None = None) -> dict:
@@ -640,10 +642,12 @@ def test_own_bound_forest_pairs_each_method_with_its_own_network(tmp_path):
 
     doc = {"entries": {
         "lower": {"method": "supervised"}, "plain": {"method": "supervised", "paired_vs_lower": paired(-0.1, [-0.2, 0.0])},
-        "st": {"method": "uncertainty", "paired_vs_lower": paired(-0.03, [-0.07, 0.01]),
+        "st": {"method": "uncertainty", "baseline": "plain", "paired_vs_lower": paired(-0.03, [-0.07, 0.01]),
                "paired_vs_baseline": paired(0.12, [0.03, 0.23], "plain")},
-        "cps": {"method": "cps", "paired_vs_lower": paired(0.026, [0.007, 0.051])},
-        "new": {"method": "mpl", "paired_vs_lower": {"n": 1, "mean_diff": 0.1, "ci95": None}}}}
+        "cps": {"method": "cps", "baseline": "lower", "paired_vs_lower": paired(0.026, [0.007, 0.051])},
+        "dl": {"method": "dlunet", "baseline": "light", "paired_vs_lower": paired(-0.01, [-0.04, 0.02])},  # light: not run yet
+        "old": {"method": "mt", "paired_vs_lower": paired(-0.01, [-0.04, 0.02])},  # results written before baselines were
+        "new": {"method": "mpl", "baseline": "lower", "paired_vs_lower": {"n": 1, "mean_diff": 0.1, "ci95": None}}}}
     assert own_bound_rows(doc) == [("st", "plain", 8, 0.12, 0.03, 0.23), ("cps", "lower", 8, 0.026, 0.007, 0.051)]
     out = plot_own_bound(doc, tmp_path / "own.png")
     assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,7 @@ from semiseg.benchmark.runners import SelfTrainRunner
 from semiseg.config import TrainConfig
 from semiseg.methods import METHODS, build_method
 from semiseg.run import create_run
-from semiseg.selftrain.pipeline import METHODS as SELFTRAIN, scaled_width, train_config as selftrain_train_config
+from semiseg.selftrain.pipeline import METHODS as SELFTRAIN, final_model_setup
 from synthetic_data import make_dataset
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.yaml"))
@@ -52,9 +52,7 @@ def test_every_method_names_a_baseline_with_its_network(path: Path, synthetic: P
         tc = TrainConfig(method=entry.method, method_params=dict(entry.params))
         plan = run.plan
         if entry.method in SELFTRAIN:  # its final model: a supervised-engine run built from the entry's SelfTrainConfig
-            stc = SelfTrainRunner().selftrain_config(tc)
-            plan = scaled_width(plan, stc.student_width) if entry.method == "noisy-student" else plan
-            tc = selftrain_train_config(plan, stc)
+            plan, tc = final_model_setup(plan, SelfTrainRunner().selftrain_config(tc))
         return signature(build_method(plan, tc).inference_network())
 
     entries = {e.name: e for e in cfg.entries()}

@@ -53,6 +53,11 @@ def test_explain_pairs_against_another_entry_by_seed_and_case() -> None:
     assert text.count("| plain | Δ") == 1  # the own baseline named again is one column, not two
     with pytest.raises(ValueError, match="'nope' has no finished run"):
         explain(_doc(), "m", against=["nope"])
+    with pytest.raises(ValueError, match="names 'm' itself"):
+        explain(_doc(), "m", against=["m"])
+    doc = _doc()
+    doc["entries"]["later"] = {"method": "cps", "per_seed": {"1": {"per_case_dice": {"a": 0.1, "b": 0.2}}}}
+    assert "- vs later: no finished seed in common among 0" in explain(doc, "m", against=["later"])
 
 
 def test_explain_refuses_an_unknown_entry_or_seed_by_name() -> None:

@@ -361,3 +361,6 @@ def test_lineage_history_puts_the_fine_tuned_model_after_the_model_it_started_fr
     assert P.lineage_history(finetune) == [{"step": 0, "loss": 2.0}, {"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]
     assert P.lineage_history(student) == [{"step": 0, "loss": 2.0}, {"step": 1, "loss": 1.0}]
     assert P.lineage_history(tmp_path / "absent") == []
+    (student / P.MANIFEST_FILE).write_text(json.dumps({"init_weights": "../finetune/model_final.pt"}))  # a loop
+    with pytest.raises(ValueError, match="leads back to a model of its own lineage"):
+        P.lineage_history(finetune)

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from semiseg.benchmark.config import LOWER
 from semiseg.benchmark.paired import format_closure, format_diff, format_number, format_p, paired_comparison
-from semiseg.benchmark.results import load_results, pseudo_label_rounds
+from semiseg.benchmark.results import case_dice_by_pair, load_results, pseudo_label_rounds
 
 
 def curve_thirds(curve: Mapping[str, Sequence[float | None]], iterations: int) -> dict[str, list[float | None]]:
@@ -57,13 +57,15 @@ def _cell(x: float | None, signed: bool = False) -> str:
     return f"{x:+.3f}" if signed else f"{x:.3f}"
 
 
-def _pairs(doc: Mapping[str, Any], entry: str, seeds: Sequence[int]) -> dict[tuple[int, str], float | None]:
-    return {(s, c): v for s in seeds for c, v in _case_dice(doc, entry, s).items()}
+def _pairs(doc: Mapping[str, Any], entry: str, seeds: Sequence[int]) -> dict[tuple[str, str], float | None]:
+    return {k: v for k, v in case_dice_by_pair(doc["entries"][entry]).items() if int(k[0]) in seeds}
 
 
 def explain(doc: Mapping[str, Any], entry: str, seeds: Sequence[int] | None = None, against: Sequence[str] = ()) -> str:
     """The text: the entry's paired verdicts, then per seed its cases against the bounds (and ``against``) and its
     curve by thirds."""
+    if entry in against:
+        raise ValueError(f"--against names {entry!r} itself")
     for name in (entry, *against):
         if name not in doc["entries"]:
             raise ValueError(f"entry {name!r} has no finished run in this results file; it has: {', '.join(doc['entries'])}")
@@ -84,8 +86,13 @@ def explain(doc: Mapping[str, Any], entry: str, seeds: Sequence[int] | None = No
         lines.append(f"- vs {baseline} (its own network's supervised run): {format_diff(e['paired_vs_baseline'])}, "
                      f"Wilcoxon p {format_p(e['paired_vs_baseline'])}")
     for other in against:
-        c = paired_comparison(_pairs(doc, entry, chosen), _pairs(doc, other, chosen), other)
-        lines.append(f"- vs {other} (paired over seeds {', '.join(map(str, chosen))}, {c['n']} pairs): {format_diff(c)}, "
+        mine, theirs = _pairs(doc, entry, chosen), _pairs(doc, other, chosen)
+        shared = sorted({int(s) for s, _ in mine} & {int(s) for s, _ in theirs})
+        if not shared:
+            lines.append(f"- vs {other}: no finished seed in common among {', '.join(map(str, chosen))}")
+            continue
+        c = paired_comparison(mine, theirs, other)
+        lines.append(f"- vs {other} (paired over seeds {', '.join(map(str, shared))}, {c['n']} pairs): {format_diff(c)}, "
                      f"Wilcoxon p {format_p(c)}: {c['verdict']}")
     iterations = int(doc["benchmark"]["budget"]["iterations"])
     for seed in chosen:
@@ -101,8 +108,8 @@ def explain(doc: Mapping[str, Any], entry: str, seeds: Sequence[int] | None = No
                 cells += [_cell(b), _cell(None if b is None or mine[case] is None else mine[case] - b, signed=True)]
             lines.append(f"| {case} | " + " | ".join(cells) + " |")
         run = _run(doc, entry, seed)
-        if run and run.get("curve"):
-            n = iterations
+        if run and run.get("curve"):  # thirds of the logged run, which outlasts the budget where a fine-tune follows it
+            n = max(iterations, math.ceil(max(run["curve"]["step"])))
             lines += ["", f"curve, mean over steps 0-{n // 3} / {n // 3}-{2 * n // 3} / {2 * n // 3}-{n}:"]
             for key, means in curve_thirds(run["curve"], n).items():
                 lines.append(f"- {key}: " + " / ".join("—" if m is None else f"{m:.4g}" for m in means))

@@ -297,7 +297,7 @@ def add_gap_closure(entries: dict[str, dict[str, Any]], suffix: str = "") -> dic
     return gap
 
 
-def _case_dice_by_pair(entry: Mapping[str, Any], suffix: str = "") -> dict[tuple[str, str], float | None]:
+def case_dice_by_pair(entry: Mapping[str, Any], suffix: str = "") -> dict[tuple[str, str], float | None]:
     """Case Dice keyed by (seed, case): the unit on which two entries are paired."""
     return {(s, c): v for s, ps in entry["per_seed" + suffix].items() for c, v in ps.get("per_case_dice", {}).items()}
 
@@ -308,10 +308,10 @@ def add_paired_gap_closure(entries: dict[str, dict[str, Any]], suffix: str = "")
     out = "gap_closure" + suffix
     if LOWER not in entries or UPPER not in entries or "per_seed" + suffix not in entries[UPPER]:
         return
-    lo, up = _case_dice_by_pair(entries[LOWER], suffix), _case_dice_by_pair(entries[UPPER], suffix)
+    lo, up = case_dice_by_pair(entries[LOWER], suffix), case_dice_by_pair(entries[UPPER], suffix)
     for name, e in entries.items():
         if name not in (LOWER, UPPER) and isinstance(e.get(out), dict) and "per_seed" + suffix in e:
-            e[out]["paired"] = paired_gap_closure(_case_dice_by_pair(e, suffix), lo, up)
+            e[out]["paired"] = paired_gap_closure(case_dice_by_pair(e, suffix), lo, up)
 
 
 def add_paired_vs_lower(entries: dict[str, dict[str, Any]], suffix: str = "") -> dict[str, Any] | None:
@@ -319,10 +319,10 @@ def add_paired_vs_lower(entries: dict[str, dict[str, Any]], suffix: str = "") ->
     whether the supervised gap is larger than the case-to-case noise. None throughout without a lower bound."""
     out = "paired_vs_lower" + suffix
     entries = {n: e for n, e in entries.items() if "per_seed" + suffix in e}
-    lower = _case_dice_by_pair(entries[LOWER], suffix) if LOWER in entries else None
+    lower = case_dice_by_pair(entries[LOWER], suffix) if LOWER in entries else None
     for name, e in entries.items():
         if name != LOWER:
-            e[out] = None if lower is None else paired_comparison(_case_dice_by_pair(e, suffix), lower, "lower bound")
+            e[out] = None if lower is None else paired_comparison(case_dice_by_pair(e, suffix), lower, "lower bound")
     return entries.get(UPPER, {}).get(out)
 
 
@@ -331,8 +331,8 @@ def add_paired_vs_baseline(entries: dict[str, dict[str, Any]], baselines: Mappin
     for name, base in baselines.items():
         e, b = entries.get(name), entries.get(base)
         if base != LOWER and e is not None and b is not None and "per_seed" + suffix in e and "per_seed" + suffix in b:
-            e["paired_vs_baseline" + suffix] = {"baseline": base, **paired_comparison(_case_dice_by_pair(e, suffix),
-                                                                                      _case_dice_by_pair(b, suffix), base)}
+            e["paired_vs_baseline" + suffix] = {"baseline": base, **paired_comparison(case_dice_by_pair(e, suffix),
+                                                                                      case_dice_by_pair(b, suffix), base)}
 
 
 def aggregate(cfg: BenchmarkConfig, pieces: Sequence[Mapping[str, Any]], skipped: Sequence[Mapping[str, Any]] = (),
@@ -346,7 +346,9 @@ def aggregate(cfg: BenchmarkConfig, pieces: Sequence[Mapping[str, Any]], skipped
     for name in order:
         if name in grouped:
             spec = cfg.entry(name)
-            entries[name] = {"method": spec.method, "params": spec.params, "role": spec.role, **aggregate_entry(grouped[name], cfg.postprocess)}
+            entries[name] = {"method": spec.method, "params": spec.params, "role": spec.role,
+                             **({"baseline": spec.baseline} if spec.method != "supervised" else {}),
+                             **aggregate_entry(grouped[name], cfg.postprocess)}
     gap = add_gap_closure(entries)
     gap["paired"] = add_paired_vs_lower(entries)
     gap_pp = add_gap_closure(entries, "_postprocessed") if cfg.postprocess else None

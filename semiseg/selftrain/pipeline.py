@@ -189,6 +189,15 @@ def train_config(plan: Plan, cfg: SelfTrainConfig, **changes: Any) -> TrainConfi
     return dataclasses.replace(base, **changes)
 
 
+def final_model_setup(plan: Plan, cfg: SelfTrainConfig) -> tuple[Plan, TrainConfig]:
+    """The plan and TrainConfig of the one model a self-training run keeps: the final model trained on labels and
+    selected pseudo-labels, or the noisy student's fine-tune (the student's width, labelled cases only)."""
+    if cfg.method == "noisy-student":
+        return scaled_width(plan, cfg.student_width), train_config(plan, cfg, iterations=cfg.finetune_iterations,
+                                                                   augmentation=cfg.finetune_augmentation)
+    return plan, train_config(plan, cfg)
+
+
 def _check_resumable(folder: Path, cfg: SelfTrainConfig) -> None:
     """Refuse to resume a folder made with a different configuration (finished work would mix)."""
     path = folder / CONFIG_FILE
@@ -286,17 +295,21 @@ def train_model(plan: Plan, tc: TrainConfig, spec: DataSpec, out: Path, device: 
     return model
 
 
-def lineage_history(model_dir: Path, max_depth: int = 8) -> list[dict[str, float]]:
+def lineage_history(model_dir: Path, _seen: frozenset[Path] = frozenset()) -> list[dict[str, float]]:
     """The training log of the model in ``model_dir`` preceded by that of the model it was fine-tuned from (its
     manifest's ``init_weights``), steps offset to follow on, and so on up the chain: a noisy student's curve is the
-    student's run then the fine-tune, where the fine-tune's own log holds only its last few hundred steps."""
+    student's 3000 steps then the fine-tune's few hundred, where the fine-tune's own log is only the latter."""
     log = model_dir / "log.json"
     history = list(json.loads(log.read_text()).get("history", [])) if log.is_file() else []
     manifest = model_dir / MANIFEST_FILE
     init = json.loads(manifest.read_text()).get("init_weights") if manifest.is_file() else None
-    if not init or max_depth <= 0:
+    here = model_dir.resolve()
+    if not init:
         return history
-    earlier = lineage_history((model_dir / init).resolve().parent, max_depth - 1)
+    parent = (model_dir / init).resolve().parent
+    if parent == here or parent in _seen:
+        raise ValueError(f"{model_dir / MANIFEST_FILE}: init_weights {init!r} leads back to a model of its own lineage")
+    earlier = lineage_history(parent, _seen | {here})
     offset = earlier[-1]["step"] + 1 if earlier else 0
     return earlier + [{**h, "step": h["step"] + offset} for h in history]
 
@@ -519,7 +532,8 @@ def _self_learning(run: Run, plan: Plan, cfg: SelfTrainConfig, root: Path, devic
     labelled = sorted(run.dataset().labelled)
     spec = training_spec(run, labelled, prev.pseudo_dir, prev.selected, cfg.ratio, root / "final" / "train_cache")
     _note(f"final: {len(labelled)} labelled + {len(prev.selected)} pseudo-labelled", progress)
-    final = train_one(plan, train_config(plan, cfg), spec, root / "final", executor, device, progress)
+    final_plan, final_cfg = final_model_setup(plan, cfg)
+    final = train_one(final_plan, final_cfg, spec, root / "final", executor, device, progress)
     return final, results
 
 
@@ -529,7 +543,7 @@ def _noisy_student(run: Run, plan: Plan, cfg: SelfTrainConfig, root: Path, devic
     augmentation) -> fine-tune on the labelled cases only."""
     teacher = run_round(run, plan, cfg, root / "teacher", None, device, progress, executor)
     labelled = sorted(run.dataset().labelled)
-    student_plan = scaled_width(plan, cfg.student_width)
+    student_plan, ft = final_model_setup(plan, cfg)
     ratio = max(1, cfg.ratio)
     base_batch = cfg.batch_size or plan.batch_size
     batch = -(-max(base_batch, 1 + ratio) // (1 + ratio)) * (1 + ratio)  # a multiple of 1 + ratio
@@ -537,7 +551,6 @@ def _noisy_student(run: Run, plan: Plan, cfg: SelfTrainConfig, root: Path, devic
     tc = train_config(plan, cfg, iterations=cfg.student_iterations or cfg.iterations, augmentation="student", batch_size=batch)
     _note(f"student (width x{cfg.student_width}): batches of {batch}, 1 labelled : {ratio} pseudo-labelled", progress)
     student = train_one(student_plan, tc, spec, root / "student", executor, device, progress)
-    ft = train_config(plan, cfg, iterations=cfg.finetune_iterations, augmentation=cfg.finetune_augmentation)
     _note("fine-tune the student on the labelled cases", progress)
     final = train_one(student_plan, ft, DataSpec(run.cache, labelled), root / "finetune", executor, device, progress, init_weights=student)
     return final, [teacher]
