@@ -113,6 +113,7 @@ def _forest(rows: Sequence[tuple[str, float, float, float]], limits: tuple[float
     excludes 0 from above; red: from below; an interval beyond the axis is drawn to its edge with an arrow."""
     lo, hi = limits
     span = hi - lo
+    digits = 2 if span > 1 else 3
     fig, ax = _figure(7.6, 0.9 + 0.38 * len(rows))
     ax = ax[0, 0]
     for i, (_, c, a, b) in enumerate(reversed(rows)):
@@ -123,7 +124,6 @@ def _forest(rows: Sequence[tuple[str, float, float, float]], limits: tuple[float
         for end, edge, mark in ((a, lo, "<"), (b, hi, ">")):
             if (end < lo if mark == "<" else end > hi):
                 ax.plot(edge, i, mark, color=colour, ms=6)
-        digits = 2 if span > 1 else 3
         ax.text(hi + span / 60, i, f"{c:+.{digits}f} [{a:+.{digits}f}, {b:+.{digits}f}]", va="center", fontsize=8)
     for x, style in zip(refs, ("--", ":")):
         ax.axvline(x, color="k", ls=style, lw=1)

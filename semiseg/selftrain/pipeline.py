@@ -303,9 +303,9 @@ def lineage_history(model_dir: Path, _seen: frozenset[Path] = frozenset()) -> li
     history = list(json.loads(log.read_text()).get("history", [])) if log.is_file() else []
     manifest = model_dir / MANIFEST_FILE
     init = json.loads(manifest.read_text()).get("init_weights") if manifest.is_file() else None
-    here = model_dir.resolve()
     if not init:
         return history
+    here = model_dir.resolve()
     parent = (model_dir / init).resolve().parent
     if parent == here or parent in _seen:
         raise ValueError(f"{model_dir / MANIFEST_FILE}: init_weights {init!r} leads back to a model of its own lineage")
