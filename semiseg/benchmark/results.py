@@ -335,6 +335,16 @@ def add_paired_vs_baseline(entries: dict[str, dict[str, Any]], baselines: Mappin
                                                                                       case_dice_by_pair(b, suffix), base)}
 
 
+def own_bound_comparison(entry: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The paired comparison of a method entry with the supervised run of its own network: the ``baseline`` it
+    declares (the lower bound where it trains the bounds' network). None for supervised rows, for results that predate
+    declared baselines and while the baseline has no finished run: a method is never judged against another network."""
+    if entry.get("method") == "supervised" or entry.get("role") in (LOWER, UPPER) or "baseline" not in entry:
+        return None
+    c = entry.get("paired_vs_lower") if entry["baseline"] == LOWER else entry.get("paired_vs_baseline")
+    return dict(c) if c and c.get("mean_diff") is not None and c.get("ci95") else None
+
+
 def aggregate(cfg: BenchmarkConfig, pieces: Sequence[Mapping[str, Any]], skipped: Sequence[Mapping[str, Any]] = (),
               stale: Sequence[str] = (), command: Sequence[str] | None = None, device: str | None = None) -> dict[str, Any]:
     """The results document of a benchmark from its finished pieces."""

@@ -23,7 +23,7 @@ import numpy as np
 from semiseg.atomic import atomic_write_text, save_png
 from semiseg.benchmark.config import LOWER, UPPER
 from semiseg.benchmark.paired import format_closure, format_diff, format_number, format_p, format_p_value
-from semiseg.benchmark.results import cpu_model_text, load_results, pseudo_label_rounds, renamed_since
+from semiseg.benchmark.results import cpu_model_text, load_results, own_bound_comparison, pseudo_label_rounds, renamed_since
 from semiseg.benchmark.thumbnails import best_and_worst, case_files
 
 _COLOURS = {LOWER: "#7f7f7f", UPPER: "#2f2f2f"}
@@ -153,12 +153,9 @@ def own_bound_rows(doc: Mapping[str, Any]) -> list[tuple[str, str, int, float, f
     is left out rather than compared with another network."""
     rows = []
     for n, e in doc["entries"].items():
-        if n in (LOWER, UPPER) or e.get("method") == "supervised" or "baseline" not in e:
-            continue
-        c = (e.get("paired_vs_lower") if e["baseline"] == LOWER else e.get("paired_vs_baseline")) or {}
-        if c.get("mean_diff") is None or not c.get("ci95"):
-            continue
-        rows.append((n, e["baseline"], int(c["n"]), float(c["mean_diff"]), float(c["ci95"][0]), float(c["ci95"][1])))
+        c = None if n in (LOWER, UPPER) else own_bound_comparison(e)
+        if c is not None:
+            rows.append((n, e["baseline"], int(c["n"]), float(c["mean_diff"]), float(c["ci95"][0]), float(c["ci95"][1])))
     return rows
 
 
