@@ -153,7 +153,7 @@ def own_bound_rows(doc: Mapping[str, Any]) -> list[tuple[str, str, int, float, f
     is left out rather than compared with another network."""
     rows = []
     for n, e in doc["entries"].items():
-        c = None if n in (LOWER, UPPER) else own_bound_comparison(e)
+        c = own_bound_comparison(e)
         if c is not None:
             rows.append((n, e["baseline"], int(c["n"]), float(c["mean_diff"]), float(c["ci95"][0]), float(c["ci95"][1])))
     return rows
