@@ -101,6 +101,11 @@ def test_dlunet_light_net_can_follow_the_cpu_tier_layout():
     assert kept(torch.randn(2, 1, 8, 32, 32)).shape == (2, 2, 8, 32, 32)
     with pytest.raises(ValueError, match="light_arch must be one of"):
         build_method(plan, cfg(method="dlunet", method_params={"light_arch": "vnet"}))
+    # "plan": DLUNet's training on the plan's network, with that network's own fields (the bounds' dropout) by data
+    same = build_method(plan, cfg(method="dlunet", method_params={"light_arch": "plan", "network": {"dropout": 0.5, "dropout_at": "bottleneck"}}))
+    assert type(same.inference_network()).__name__ == type(build_network(net_cfg(), 1, 2)).__name__
+    assert same.inference_network_overrides == {"dropout": 0.5, "dropout_at": "bottleneck"}
+    assert any(isinstance(m, torch.nn.Dropout3d) for m in same.net2.modules())
 
 
 def test_res_unet_refuses_what_it_cannot_do():

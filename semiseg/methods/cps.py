@@ -111,7 +111,7 @@ class DLUNetParams(CPSParams):
     cps_on_labelled: bool = False
     cutmix_ratio: float = 0.5
     robust_after: float = 0.0
-    light_arch: Literal["light_unet", "light_res_unet"] = "light_unet"
+    light_arch: Literal["light_unet", "light_res_unet", "plan"] = "light_unet"
 
 
 @register
@@ -201,7 +201,8 @@ class DLUNet(CPS):
 
     params: as cps, with defaults cps_weight 1.0, cps_on_labelled False (eq. 5 is unlabelled only),
     cutmix_ratio 0.5 (box volume fraction), robust_after 0.0, init ["kaiming", "xavier"], light_arch "light_unet"
-    ("light_res_unet": the light net laid out as the CPU-tier res_unet, off full resolution, ~10x cheaper on CPU).
+    ("light_res_unet": the light net laid out as the CPU-tier res_unet, off full resolution, ~10x cheaper on CPU;
+    "plan": the plan's network, so DLUNet's training is measured apart from its light nets' capacity).
     """
 
     name = "dlunet"
@@ -210,7 +211,7 @@ class DLUNet(CPS):
 
     def network_overrides(self) -> dict[str, Any]:
         """Both nets (and so the kept one) are the light U-Net: CPS.__init__ builds them with these fields."""
-        return {"arch": self.params.light_arch}
+        return {} if self.params.light_arch == "plan" else {"arch": self.params.light_arch}
 
     def seg_loss(self, out: Output, label: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         if ctx.progress < self.params.robust_after:
