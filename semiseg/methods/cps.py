@@ -210,7 +210,8 @@ class DLUNet(CPS):
     own_network_fields = ("arch",)
 
     def network_overrides(self) -> dict[str, Any]:
-        """Both nets (and so the kept one) are the light U-Net: CPS.__init__ builds them with these fields."""
+        """Both nets (and so the kept one) are the light U-Net, or the plan's with ``light_arch: plan``: CPS.__init__
+        builds them with these fields."""
         return {} if self.params.light_arch == "plan" else {"arch": self.params.light_arch}
 
     def seg_loss(self, out: Output, label: torch.Tensor, ctx: StepContext) -> torch.Tensor:
