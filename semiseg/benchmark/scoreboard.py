@@ -77,6 +77,7 @@ class Row:
 
     @property
     def side(self) -> str | None:
+        """above / at / below its own bound; None while it has no own-bound comparison."""
         return None if self.own is None else side(self.own["ci95"])
 
 
