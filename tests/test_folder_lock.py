@@ -1,4 +1,4 @@
-"""One writer per folder: a live holder is named and refused, a lock dies with its process (no stale locks, no
+"""One writer per folder: a live holder is named and refused (or waited for, where asked), a lock dies with its process (no stale locks, no
 reused pids mistaken for holders), re-entrant in one process; a training into a busy folder is refused."""
 from __future__ import annotations
 
@@ -62,3 +62,46 @@ def test_training_into_a_busy_folder_is_refused(tmp_path):
     finally:
         p.kill()
         p.wait()
+
+
+def test_a_waiting_taker_names_the_holder_and_gets_the_lock_when_it_ends(tmp_path, capsys):
+    import threading
+
+    p = holder_process(tmp_path)
+    ender = threading.Timer(0.5, p.kill)  # the holder ends while the taker waits
+    ender.start()
+    try:
+        with FolderLock(tmp_path, "preprocess", wait=True):
+            assert p.poll() is not None  # taken only once the holder was gone
+            assert '"what": "preprocess"' in (tmp_path / LOCK_NAME).read_text()
+    finally:
+        ender.cancel()
+        p.kill()
+        p.wait()
+    assert f"process {p.pid} " in capsys.readouterr().err  # it said whom it waited for
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_second_preprocessing_waits_for_the_first_instead_of_failing(tmp_path, monkeypatch):
+    import threading
+
+    from semiseg.data import preprocess
+
+    out = tmp_path / "cache"
+    p = holder_process(out)  # another process preprocesses into the folder, as a benchmark started beside this one
+    ender = threading.Timer(0.5, p.kill)
+    ender.start()
+    # cases left to write while the other writer lives; none once it is done (it wrote them)
+    monkeypatch.setattr(preprocess, "_todo", lambda *a: [("case",)] if p.poll() is None else [])
+
+    def write(todo, *a):
+        assert not todo, "cases the other writer wrote were written again"
+
+    monkeypatch.setattr(preprocess, "_preprocess_all", write)
+    try:
+        preprocess.preprocess_dataset(tmp_path, None, None, {"case": True}, out, progress=False)  # waits, then finds it done
+    finally:
+        ender.cancel()
+        p.kill()
+        p.wait()
+    assert not (out / LOCK_NAME).exists()

@@ -7,7 +7,9 @@ for the message. The kernel releases it when its process ends, however it ends, 
 held lock and a reused pid is never mistaken for a holder (local filesystems; on NFS, flock needs a lock
 daemon); a killed run's file is simply locked again. The holder unlinks the file before unlocking, and a taker
 checks that the file it locked is still the one at the path, so two processes never hold two files at once.
-Re-entrant within one process (a training inside a self-training round).
+Re-entrant within one process (a training inside a self-training round). A writer of a shared, idempotent
+product (a preprocessing cache) takes the lock with ``wait=True``: it says whom it waits for and blocks until
+the holder is done, then re-checks what is left to write, instead of failing a benchmark started beside another.
 """
 from __future__ import annotations
 
@@ -28,10 +30,11 @@ class FolderBusy(RuntimeError):
 
 
 class FolderLock:
-    def __init__(self, folder: str | Path, what: str = "write"):
+    def __init__(self, folder: str | Path, what: str = "write", wait: bool = False):
         self.folder = Path(folder).resolve()
         self.path = self.folder / LOCK_NAME
         self.what = what
+        self.wait = wait
 
     def holder(self) -> dict | None:
         try:
@@ -49,10 +52,14 @@ class FolderLock:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                fh.close()
                 h = self.holder() or {}
-                raise FolderBusy(f"{self.folder}: busy: process {h.get('pid', '?')} on {h.get('host', '?')} is writing it "
-                                 f"({h.get('what', '?')}: {h.get('command', '?')}); wait for it to finish") from None
+                busy = (f"{self.folder}: busy: process {h.get('pid', '?')} on {h.get('host', '?')} is writing it "
+                        f"({h.get('what', '?')}: {h.get('command', '?')})")
+                if not self.wait:
+                    fh.close()
+                    raise FolderBusy(f"{busy}; wait for it to finish") from None
+                print(f"{busy}; waiting for it to finish", file=sys.stderr, flush=True)
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # blocks until the holder unlocks (or dies)
             try:
                 if os.stat(self.path).st_ino == os.fstat(fh.fileno()).st_ino:
                     break  # the file we locked is still the lock (its holder did not unlink it meanwhile)

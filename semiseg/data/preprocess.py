@@ -145,12 +145,12 @@ def _preprocess_one(args: tuple[Any, ...]) -> str:
 
 def preprocess_dataset(ds_root: str | Path, split: Any, plan: Plan, cases: dict[str, bool], out_dir: str | Path, workers: int = 1, progress: bool = True) -> None:
     """Preprocess ``cases`` (case -> with_label) into ``out_dir``; resumable: finished cases are skipped; one
-    writer at a time (semiseg.data.folder_lock)."""
+    writer at a time (semiseg.data.folder_lock): a second one waits for the first, then does what is left."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not _todo(ds_root, split, plan, cases, out):
         return  # nothing to write: no lock needed (readers side by side, e.g. benchmark --jobs children)
-    with FolderLock(out, "preprocess"):
+    with FolderLock(out, "preprocess", wait=True):
         remove_temporaries(out)  # left by a writer killed mid-file: under the lock, no other writer is live
         try:
             _preprocess_all(_todo(ds_root, split, plan, cases, out), out, workers, progress)  # again: another writer may have finished
