@@ -64,15 +64,28 @@ def test_training_into_a_busy_folder_is_refused(tmp_path):
         p.wait()
 
 
-def test_a_waiting_taker_names_the_holder_and_gets_the_lock_when_it_ends(tmp_path, capsys):
+def ending(p, after_s=0.5):
+    """Kill ``p`` after a while, in a timer thread; the event is set just before the kill (the lock cannot be
+    free before it), so a test can tell whether it got the lock while the holder lived."""
     import threading
 
-    p = holder_process(tmp_path)
-    ender = threading.Timer(0.5, p.kill)  # the holder ends while the taker waits
+    killed = threading.Event()
+
+    def end():
+        killed.set()
+        p.kill()
+
+    ender = threading.Timer(after_s, end)
     ender.start()
+    return ender, killed
+
+
+def test_a_waiting_taker_names_the_holder_and_gets_the_lock_when_it_ends(tmp_path, capsys):
+    p = holder_process(tmp_path)
+    ender, killed = ending(p)  # the holder ends while the taker waits
     try:
         with FolderLock(tmp_path, "preprocess", wait=True):
-            assert p.poll() is not None  # taken only once the holder was gone
+            assert killed.is_set()  # taken only once the holder was gone
             assert '"what": "preprocess"' in (tmp_path / LOCK_NAME).read_text()
     finally:
         ender.cancel()
@@ -83,16 +96,13 @@ def test_a_waiting_taker_names_the_holder_and_gets_the_lock_when_it_ends(tmp_pat
 
 
 def test_a_second_preprocessing_waits_for_the_first_instead_of_failing(tmp_path, monkeypatch):
-    import threading
-
     from semiseg.data import preprocess
 
     out = tmp_path / "cache"
     p = holder_process(out)  # another process preprocesses into the folder, as a benchmark started beside this one
-    ender = threading.Timer(0.5, p.kill)
-    ender.start()
+    ender, killed = ending(p)
     # cases left to write while the other writer lives; none once it is done (it wrote them)
-    monkeypatch.setattr(preprocess, "_todo", lambda *a: [("case",)] if p.poll() is None else [])
+    monkeypatch.setattr(preprocess, "_todo", lambda *a: [] if killed.is_set() else [("case",)])
 
     def write(todo, *a):
         assert not todo, "cases the other writer wrote were written again"
