@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -67,8 +68,6 @@ def test_training_into_a_busy_folder_is_refused(tmp_path):
 def ending(p, after_s=0.5):
     """Kill ``p`` after a while, in a timer thread; the event is set just before the kill (the lock cannot be
     free before it), so a test can tell whether it got the lock while the holder lived."""
-    import threading
-
     killed = threading.Event()
 
     def end():
