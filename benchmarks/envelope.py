@@ -42,6 +42,7 @@ from typing import Any, Sequence
 
 from semiseg.atomic import atomic_write_text
 from semiseg.benchmark.config import BenchmarkConfig, MethodSpec, load_config
+from semiseg.benchmark.results import training_time
 from semiseg.benchmark.runners import SelfTrainRunner, runner_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def run_seconds(run: dict[str, Any], basis: str = "cpu") -> float:
         raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
     train = run.get("train") or {}
     wall = float(train.get("wall_time_s") or 0.0)
-    t = max(wall, float(train.get("models_wall_time_s") or 0.0))
+    t = float(training_time(train)[0] or 0.0)
     auc, session = train.get("auc_cpu_percent_s"), float(train.get("wall_time_this_session_s") or wall)
     trained_now = int(train.get("resumed_from_step") or 0) < int(train.get("steps") or 1)
     if basis == "cpu" and auc is not None and session > 0 and trained_now:

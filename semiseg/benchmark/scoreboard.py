@@ -37,7 +37,9 @@ RULES = ("Each row against the supervised run of its own network (its declared b
          "all of the row's (seed, case) pairs. Row verdict: above / below where the 95% CI excludes 0, else at (a "
          "mean below the bound inside the CI counts as at). A family passes when one of its complete rows is at or "
          "above (one setting is enough; the verdict names it and how many complete rows are below). Gap closure is "
-         "on the bounds' scale; its bar (>= 0.5, CI excluding 0) is met when any complete row meets it.")
+         "on the bounds' scale; its bar (>= 0.5, CI excluding 0) is met when any complete row meets it. s/step: "
+         "training time over the run's steps; a self-training row's time is every model it trained itself (fold "
+         "ensembles, students; round-0 folds another row of the seed trained first are not counted again).")
 
 
 def family(entry: Mapping[str, Any]) -> str | None:
