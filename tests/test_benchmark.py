@@ -564,6 +564,14 @@ def test_a_multi_model_run_resumed_between_models_is_timed_by_its_models_logs():
     assert training_time(whole) == (5255.0, 5255.0 / 3000)  # one session: its measure also holds pseudo-labelling
     single = {"wall_time_s": 900.0, "seconds_per_step": 0.2, "steps": 3000}
     assert training_time(single) == (900.0, 0.2)
+    # the entry's spread over seeds is built from it
+    from semiseg.benchmark.results import aggregate_entry
+
+    test = {"foreground_mean": {"DSC": 0.8}, "mean": {"organ": {"DSC": 0.8}}, "cases": {"c1": {"organ": {"DSC": 0.8}}}}
+    pieces = [{"seed": s, "test": test, "predict": {"wall_time_s": 1.0}, "train": {**t, "peak_rss_mb": 1.0}}
+              for s, t in enumerate((resumed, whole))]
+    e = aggregate_entry(pieces)
+    assert e["train_wall_time_s"]["min"] == 4221.0 and e["seconds_per_step"]["min"] == pytest.approx(4221.0 / 3000)
 
 
 def checkpoint_wall_time(out: Path) -> float:
