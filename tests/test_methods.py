@@ -352,6 +352,22 @@ def test_dlunet_mixes_images_and_pseudo_labels_with_the_same_box():
     assert 0.2 < float(from_first) < 0.4 and float(from_first + from_partner) == pytest.approx(1.0)
 
 
+def test_dlunet_robust_after_trains_dice_ce_first_then_nrd_tce():
+    """The warm-up that scales DLUNet's loss to a short budget: dice_ce before ``robust_after``, the paper's loss after."""
+    from semiseg.losses import dice_ce
+    from semiseg.losses.robust import robust_loss
+
+    m = build("dlunet", {"robust_after": 0.4})
+    g = torch.Generator().manual_seed(0)
+    logits, label = torch.randn(2, K, *SHAPE, generator=g), torch.randint(0, K, (2, 1, *SHAPE), generator=g)
+    at = lambda step: StepContext(step=step, total_steps=100, device=torch.device("cpu"))  # noqa: E731
+    assert m.seg_loss(logits, label, at(39)).item() == pytest.approx(dice_ce(logits, label).item())
+    assert m.seg_loss(logits, label, at(40)).item() == pytest.approx(robust_loss(logits, label).item())
+    assert build("dlunet").seg_loss(logits, label, at(0)).item() == pytest.approx(robust_loss(logits, label).item())  # the paper
+    with pytest.raises(ValueError, match="robust_after"):
+        build("dlunet", {"robust_after": 1.5})
+
+
 @pytest.mark.parametrize("method, params, named", [
     ("mpl", {"mpl_loss": "dce"}, "mpl_loss"), ("mpl", {"feedback_sign": 0}, "feedback_sign"),
     ("mpl", {"temperature": 0.0}, "temperature"), ("mean-teacher", {"consistency_type": "l2"}, "consistency_type"),

@@ -113,6 +113,11 @@ class DLUNetParams(CPSParams):
     robust_after: float = 0.0
     light_arch: Literal["light_unet", "light_res_unet", "plan"] = "light_unet"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.robust_after <= 1.0:
+            raise ValueError(f"dlunet: robust_after is a fraction of training in [0, 1], got {self.robust_after}")
+
 
 @register
 class CPS(Method):
