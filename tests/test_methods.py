@@ -360,7 +360,10 @@ def test_dlunet_robust_after_trains_dice_ce_first_then_nrd_tce():
     m = build("dlunet", {"robust_after": 0.4})
     g = torch.Generator().manual_seed(0)
     logits, label = torch.randn(2, K, *SHAPE, generator=g), torch.randint(0, K, (2, 1, *SHAPE), generator=g)
-    at = lambda step: StepContext(step=step, total_steps=100, device=torch.device("cpu"))  # noqa: E731
+
+    def at(step: int) -> StepContext:
+        return StepContext(step=step, total_steps=100, device=torch.device("cpu"))
+
     assert m.seg_loss(logits, label, at(39)).item() == pytest.approx(dice_ce(logits, label).item())
     assert m.seg_loss(logits, label, at(40)).item() == pytest.approx(robust_loss(logits, label).item())
     assert build("dlunet").seg_loss(logits, label, at(0)).item() == pytest.approx(robust_loss(logits, label).item())  # the paper
