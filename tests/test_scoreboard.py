@@ -82,6 +82,17 @@ def test_scoreboard_judges_each_family_on_its_complete_rows() -> None:
     assert "every seed method at or above its own bound: **no**" in text
 
 
+def test_a_closure_that_rounds_to_the_bar_but_falls_short_says_so() -> None:
+    doc = _doc()
+    doc["entries"]["cps"]["gap_closure"]["paired"] = {"closure": 0.4975, "ci95": [0.25, 0.70]}
+    text, _ = render_board("b", rows(doc), 3)
+    assert ("largest cps 0.50 [0.25, 0.70] (point estimate 0.497, under the bar); bar ≥ 0.5 with a CI excluding 0: "
+            "**not met**") in text
+    doc["entries"]["cps"]["gap_closure"]["paired"] = {"closure": 0.5, "ci95": [0.25, 0.70]}
+    text, _ = render_board("b", rows(doc), 3)
+    assert "under the bar" not in text and "(seed methods, 3 seeds): largest cps 0.50 [0.25, 0.70]; bar ≥ 0.5 with a CI excluding 0: **met** by cps" in text
+
+
 def test_a_family_passes_on_one_complete_setting_and_says_what_else_fell_below() -> None:
     doc = _doc()
     doc["entries"]["mt"] = _entry("mean-teacher", 3, "plain", _cmp(0.01, -0.02, 0.04, baseline="plain"), -0.9, [-1.2, -0.5])
