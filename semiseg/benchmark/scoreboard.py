@@ -155,8 +155,8 @@ def render_board(title: str, board: Sequence[Row], seeds: int) -> tuple[str, boo
         meeting = next((r for r in ranked if closure_met(r)), None)
         met_any = met_any or (meeting is not None and not only)
         top = "none with every seed" if not ranked else f"{ranked[0].name} {format_closure(ranked[0].closure)}"
-        if ranked and ranked[0].closure["closure"] < CLOSURE_TARGET <= round(ranked[0].closure["closure"], 2):
-            top += f" (point estimate {ranked[0].closure['closure']:.3f}, under the bar)"
+        if ranked and (c := ranked[0].closure["closure"]) < CLOSURE_TARGET <= round(c, 2):  # shown as the bar, short of it
+            top += f" (point estimate {c:.3f}, under the bar)"
         lines.append(f"- gap closure ({label}, {seeds} seeds): largest {top}; bar ≥ {CLOSURE_TARGET} with a CI "
                      f"excluding 0: " + (f"**met** by {meeting.name} {format_closure(meeting.closure)}" if meeting
                                          else "**not met**"))

@@ -26,6 +26,7 @@ from semiseg.data.strong_views import mixed_strong_view
 from semiseg.losses import dice_ce, masked_ce, masked_dice_ce
 from semiseg.methods.base import Method, StepContext, register
 from semiseg.methods.ema import ema_update
+from semiseg.methods.params import require_fractions
 from semiseg.methods.rampup import sigmoid_rampup
 from semiseg.networks import main_output
 
@@ -81,9 +82,7 @@ class ADMTParams:
     inference: Literal["student", "teacher1", "teacher2"] = "student"
 
     def __post_init__(self) -> None:
-        for name in ("threshold", "rampup", "cutmix_ratio", "ema_decay"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"ad-mt: {name} must lie in [0, 1], got {getattr(self, name)}")
+        require_fractions(self, "ad-mt", "threshold", "rampup", "cutmix_ratio", "ema_decay")
         if self.u_weight < 0 or self.conflict_weight < 0:
             raise ValueError(f"ad-mt: u_weight and conflict_weight must be >= 0, got {self.u_weight} and {self.conflict_weight}")
 

@@ -19,6 +19,7 @@ from semiseg.data.cutmix import box_mask, cutmix
 from semiseg.losses import dice_ce, one_hot, soft_dice
 from semiseg.methods.base import Method, StepContext, register
 from semiseg.methods.mean_teacher import Output, split_output, supervised_loss
+from semiseg.methods.params import require_fractions
 from semiseg.methods.rampup import sigmoid_rampup
 from semiseg.networks import main_output
 
@@ -115,8 +116,7 @@ class DLUNetParams(CPSParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 <= self.robust_after <= 1.0:
-            raise ValueError(f"dlunet: robust_after is a fraction of training in [0, 1], got {self.robust_after}")
+        require_fractions(self, "dlunet", "robust_after")
 
 
 @register

@@ -71,3 +71,12 @@ def describe(tp: Any) -> str:
     if origin is dict or tp is dict:
         return "a mapping"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def require_fractions(params: Any, method: str, *names: str) -> None:
+    """ValueError naming the method and field unless each named field lies in [0, 1] (weights, thresholds and
+    schedule points given as fractions): the range check several methods' ``__post_init__`` share."""
+    for name in names:
+        value = getattr(params, name)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{method}: {name} must lie in [0, 1], got {value}")

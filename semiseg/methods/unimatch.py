@@ -21,6 +21,7 @@ from torch import nn
 from semiseg.data import strong_views
 from semiseg.losses import dice_ce, masked_dice_ce
 from semiseg.methods.base import Method, StepContext, register
+from semiseg.methods.params import require_fractions
 from semiseg.methods.rampup import sigmoid_rampup
 from semiseg.networks import bottleneck_of, main_output
 from semiseg.networks.dropout import feature_dropout
@@ -44,9 +45,7 @@ class UniMatchParams:
     rampup: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("threshold", "cutmix_ratio", "rampup"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"unimatch: {name} must lie in [0, 1], got {getattr(self, name)}")
+        require_fractions(self, "unimatch", "threshold", "cutmix_ratio", "rampup")
         if self.u_weight < 0:
             raise ValueError(f"unimatch: u_weight must be >= 0, got {self.u_weight}")
         if not 0.0 <= self.fp_dropout < 1.0:
