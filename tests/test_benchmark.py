@@ -244,6 +244,24 @@ def test_a_bound_row_names_the_params_it_trains_with():
     assert _params_text({"network": {"dropout": 0.5, "dropout_at": "bottleneck"}}) == "network.dropout 0.5, network.dropout_at bottleneck"
 
 
+def test_the_source_line_merges_commands_that_differ_only_in_seeds_and_counts_many_commits():
+    """A table built one seed a session names each rerun command once with its seeds joined, and past a few
+    commits gives their count with the first and last by run time instead of a list nobody reads."""
+    from semiseg.benchmark.readme_table import commits_text, merged_commands
+
+    cmd = "semiseg --threads 1 benchmark b.yaml --only {} --seeds {}"
+    merged = merged_commands([cmd.format("bcp", 2), cmd.format("bcp", 0), cmd.format("mpl", 1), cmd.format("bcp", "0 1"),
+                              cmd.format("bcp", 0) + " --iterations 6000", "semiseg benchmark b.yaml"])
+    assert merged == ["semiseg --threads 1 benchmark b.yaml --only bcp --seeds 0 --iterations 6000",
+                      "semiseg --threads 1 benchmark b.yaml --only bcp --seeds 0 1 2",
+                      "semiseg --threads 1 benchmark b.yaml --only mpl --seeds 1", "semiseg benchmark b.yaml"]
+    runs = [{"git_commit": c, "time": t} for c, t in [("a" * 40, "2026-12-02"), ("b" * 40 + "-dirty", "2026-12-01")]]
+    assert commits_text(runs) == f"commit {'a' * 12}, {'b' * 12}-dirty"
+    runs += [{"git_commit": f"{i}" * 40, "time": f"2026-12-0{i}"} for i in range(3, 6)]
+    assert commits_text(runs) == f"5 commits, from {'b' * 12}-dirty to {'5' * 12} (each run's in the results file)"
+    assert commits_text([]) == "commit n/a"
+
+
 def test_commands_naming_a_renamed_config_or_entry_say_which_file_reruns_them():
     """Results moved to another config (a precision ablation renamed, an entry renamed) keep their commands as run;
     the provenance line then names the file and entries that rerun them today, and says nothing when all match."""

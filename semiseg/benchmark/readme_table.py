@@ -9,15 +9,45 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from semiseg.benchmark.config import LOWER, UPPER, repo_root
 from semiseg.benchmark.paired import format_closure, format_diff, format_number, format_p, format_p_value
 from semiseg.benchmark.results import cpu_model_text, load_results, pseudo_label_rounds, renamed_since
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+_SEEDS = re.compile(r"^(?P<head>.* --seeds)(?P<seeds>(?: \d+)+)(?P<tail>(?: .*)?)$")
+LISTED_COMMITS = 4  # more than this many commits are counted, not listed: each run's own stays in the results file
+
+
+def merged_commands(commands: Iterable[str]) -> list[str]:
+    """The distinct commands, those that differ only in their ``--seeds`` as one with the seeds joined: a table
+    built over many sessions keeps a source line a reader can use to rerun it (each run's own is in the file)."""
+    seeds: dict[tuple[str, str], set[int]] = {}
+    out: set[str] = set()
+    for c in commands:
+        m = _SEEDS.match(c)
+        if m is None:
+            out.add(c)
+        else:
+            seeds.setdefault((m["head"], m["tail"]), set()).update(int(x) for x in m["seeds"].split())
+    out |= {f"{head} {' '.join(map(str, sorted(s)))}{tail}" for (head, tail), s in seeds.items()}
+    return sorted(out)
+
+
+def commits_text(runs: Sequence[Mapping[str, Any]]) -> str:
+    """``commit ...``: the commits the runs were trained at, listed when few, else counted with the first and last by run time."""
+    def short(c: str) -> str:
+        return c[:12] + ("-dirty" if c.endswith("-dirty") else "")
+    commits = sorted({short(r["git_commit"]) for r in runs})
+    if len(commits) <= LISTED_COMMITS:
+        return "commit " + (", ".join(commits) or "n/a")
+    by_time = sorted(runs, key=lambda r: r.get("time") or "")
+    return (f"{len(commits)} commits, from {short(by_time[0]['git_commit'])} to {short(by_time[-1]['git_commit'])} "
+            "(each run's in the results file)")
 
 
 def _pm(s: Mapping[str, Any] | None, digits: int = 3) -> str:
@@ -98,11 +128,10 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
                      + (f" {_pm((e.get('foreground_postprocessed') or {}).get('DSC'))} | {_gap_text(name, e.get('gap_closure_postprocessed'))} |"
                         f" {_pm((e.get('foreground_postprocessed') or {}).get('HD95'), 2)} |" if pp else ""))
     runs = doc.get("runs", [])
-    commands = sorted({r["command"] for r in runs})
-    commits = sorted({r["git_commit"][:12] + ("-dirty" if r["git_commit"].endswith("-dirty") else "") for r in runs})
+    commands = merged_commands(r["command"] for r in runs)
     machines = sorted({f"{r['machine'].get('cpu_count')} CPU cores{cpu_model_text(r)}, {r['train'].get('device')}, torch {r['machine'].get('torch')}" for r in runs})
     gap, gap_pp = doc.get("supervised_gap", {}), doc.get("supervised_gap_postprocessed") or {}
-    lines += ["", f"Source: `{source}`; command: {', '.join(f'`{c}`' for c in commands) or 'n/a'}; commit {', '.join(commits) or 'n/a'}; "
+    lines += ["", f"Source: `{source}`; command: {', '.join(f'`{c}`' for c in commands) or 'n/a'}; {commits_text(runs)}; "
                   f"machine: {'; '.join(machines) or 'n/a'}." + (f" {renamed}." if (renamed := renamed_since(doc)) else "")
               + (f" Note: {gap['warning']}." if gap.get("warning") else "")
               + (" Δ Dice vs lower: each test case of each seed against the lower bound's on the same case and seed, mean with "
