@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from semiseg.benchmark.results import load_results
+from semiseg.benchmark.results import load_results, seed_spread_comparison
 from semiseg.benchmark.scoreboard import family, family_verdict, main, render, render_board, rows, side
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "la_ssl4_cpu.json"
@@ -141,3 +141,35 @@ def test_committed_scoreboard_matches_the_committed_results() -> None:
     paths = [RESULTS.parents[2] / a for a in command if a.endswith(".json")]
     seeds = int(command[command.index("--seeds") + 1]) if "--seeds" in command else None
     assert render(paths, seeds) == BOARD.read_text()
+
+
+def _seeded(dice: dict[int, list[float]]) -> dict:
+    return {"per_seed": {str(s): {"per_case_dice": {f"c{i}": v for i, v in enumerate(vs)}} for s, vs in dice.items()}}
+
+
+def test_seed_spread_puts_seed_to_seed_noise_in_the_interval() -> None:
+    """A method 0.02 over its bound on every case of every seed: the pairs-only CI is [0.02, 0.02]; resampling seeds
+    too, a bound whose seeds differ by 0.1 swamps it, while a bound with no seed spread does not."""
+    spread_bound = _seeded({0: [0.6, 0.7, 0.8], 1: [0.7, 0.8, 0.9], 2: [0.5, 0.6, 0.7]})
+    method = _seeded({s: [v + 0.02 for v in p["per_case_dice"].values()] for s, p in
+                      ((int(k), v) for k, v in spread_bound["per_seed"].items())})
+    c = seed_spread_comparison(method, spread_bound)
+    assert c is not None and (c["seeds"], c["cases"], c["n"]) == (3, 3, 9) and c["mean_diff"] == pytest.approx(0.02)
+    assert c["ci95"][0] < 0 < c["ci95"][1]
+    flat_bound = _seeded({s: [0.6, 0.7, 0.8] for s in range(3)})
+    flat_method = _seeded({s: [0.62, 0.72, 0.82] for s in range(3)})
+    flat = seed_spread_comparison(flat_method, flat_bound)
+    assert flat is not None and flat["ci95"][0] == pytest.approx(0.02) and flat["ci95"][1] == pytest.approx(0.02)
+    assert seed_spread_comparison(_seeded({0: [0.7, 0.8]}), _seeded({0: [0.6, 0.7], 1: [0.6, 0.7]})) is None  # 1 seed
+    assert seed_spread_comparison(_seeded({0: [0.7], 1: [0.7]}), _seeded({0: [0.6], 1: [0.6]})) is None      # 1 case
+
+
+def test_the_board_shows_the_seed_spread_beside_the_verdict() -> None:
+    doc = _doc()
+    doc["entries"]["lower"].update(_seeded({0: [0.6, 0.7], 1: [0.7, 0.8], 2: [0.5, 0.6]}))
+    doc["entries"]["mt-dropout"].update(_seeded({0: [0.57, 0.67], 1: [0.67, 0.77], 2: [0.47, 0.57]}))
+    row = next(r for r in rows(doc) if r.name == "mt-dropout")
+    assert row.side == "below" and row.spread is not None and row.spread["ci95"][1] > 0   # below on pairs, not on seeds
+    text, _ = render_board("b", rows(doc), 3)
+    assert "| -0.030 [-0.060, -0.010] (6/6) | below | -0.030 [" in text
+    assert "| cps | passes (cps at) | cps | 3/3 | yes | 0.700 | plain | +0.010 [-0.010, +0.030] (6/6) | at | n/a |" in text
