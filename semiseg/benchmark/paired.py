@@ -67,6 +67,24 @@ def seeds_and_cases_ci(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES,
     return float(lo), float(hi)
 
 
+def seeds_and_cases_comparison(values: Mapping[tuple[Hashable, Hashable], float | None],
+                               baseline: Mapping[tuple[Hashable, Hashable], float | None]) -> dict[str, Any] | None:
+    """Mean difference and :func:`seeds_and_cases_ci` of two (seed, case)-keyed Dice maps, over the seeds both have and
+    the cases every one of those seeds scored finitely on both sides; None under 2 such seeds or 2 such cases."""
+    seeds = sorted({s for s, _ in values} & {s for s, _ in baseline}, key=str)
+    if len(seeds) < 2:
+        return None
+    cases = sorted({c for _, c in values if all(_finite(values.get((s, c))) and _finite(baseline.get((s, c))) for s in seeds)},
+                   key=str)
+    if len(cases) < 2:
+        return None
+    a = np.array([[float(values[(s, c)]) for c in cases] for s in seeds])  # type: ignore[arg-type]
+    b = np.array([[float(baseline[(s, c)]) for c in cases] for s in seeds])  # type: ignore[arg-type]
+    ci = seeds_and_cases_ci(a, b)
+    return {"seeds": len(seeds), "cases": len(cases), "n": int(a.size), "mean_diff": float(a.mean() - b.mean()),
+            "ci95": list(ci) if ci is not None else None}
+
+
 def paired_gap_closure(values: Mapping[Hashable, float | None], lower: Mapping[Hashable, float | None],
                        upper: Mapping[Hashable, float | None], resamples: int = RESAMPLES, seed: int = RNG_SEED,
                        level: float = LEVEL) -> dict[str, Any]:

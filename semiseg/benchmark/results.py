@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from semiseg.benchmark.config import LOWER, UPPER, BenchmarkConfig, default_data_root, repo_root
-from semiseg.benchmark.paired import paired_comparison, paired_gap_closure, seeds_and_cases_ci
+from semiseg.benchmark.paired import paired_comparison, paired_gap_closure, seeds_and_cases_comparison
 
 SCHEMA = 1
 METRICS = ("DSC", "IoU", "NSD", "HD95", "ASD")
@@ -363,29 +363,13 @@ def own_bound_comparison(entry: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def seed_spread_comparison(entry: Mapping[str, Any], bound: Mapping[str, Any]) -> dict[str, Any] | None:
-    """``entry`` against ``bound`` with seeds resampled as well as cases (:func:`seeds_and_cases_ci`, each side's seeds
-    on their own): whether a difference exceeds seed noise, which the pairs-only CI of :func:`own_bound_comparison`
-    does not ask (it treats a seed's cases as independent pairs). Over the seeds both have and the cases each of
-    them scored on both sides; None under 2 common seeds (no seed spread to resample) or 2 such cases."""
+    """``entry`` against ``bound`` with seeds resampled as well as cases (:func:`seeds_and_cases_comparison`, each
+    side's seeds on their own): whether a difference exceeds seed noise, which the pairs-only CI of
+    :func:`own_bound_comparison` does not ask (it treats a seed's cases as independent pairs). None under 2 common
+    seeds (no seed spread to resample) or 2 cases."""
     if "per_seed" not in entry or "per_seed" not in bound:
         return None
-    seeds = sorted(set(entry["per_seed"]) & set(bound["per_seed"]), key=str)
-    if len(seeds) < 2:
-        return None
-    a, b = case_dice_by_pair(entry), case_dice_by_pair(bound)
-
-    def scored(d: Mapping[tuple[str, str], float | None], s: str, c: str) -> bool:
-        v = d.get((s, c))
-        return v is not None and math.isfinite(float(v))
-
-    cases = sorted({c for _, c in a if all(scored(a, s, c) and scored(b, s, c) for s in seeds)})
-    if len(cases) < 2:
-        return None
-    ma = np.array([[float(a[(s, c)]) for c in cases] for s in seeds])  # type: ignore[arg-type]
-    mb = np.array([[float(b[(s, c)]) for c in cases] for s in seeds])  # type: ignore[arg-type]
-    ci = seeds_and_cases_ci(ma, mb)
-    return {"seeds": len(seeds), "cases": len(cases), "n": ma.size, "mean_diff": float(ma.mean() - mb.mean()),
-            "ci95": list(ci) if ci is not None else None}
+    return seeds_and_cases_comparison(case_dice_by_pair(entry), case_dice_by_pair(bound))
 
 
 def aggregate(cfg: BenchmarkConfig, pieces: Sequence[Mapping[str, Any]], skipped: Sequence[Mapping[str, Any]] = (),
