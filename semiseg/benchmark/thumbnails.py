@@ -108,15 +108,21 @@ def save_case_thumbnails(image_path: str | Path, reference_path: str | Path, pre
 NOTICE = "NOTICE.txt"  # beside the thumbnails: the terms of the data they are drawn from
 
 
-def data_notice(dataset_dir: str | Path) -> str | None:
-    """The text a folder of images drawn from ``dataset_dir`` must carry: its dataset.json's ``provenance`` (where
-    a licence such as CHAOS's CC BY-NC-SA 4.0 is stated), or None when it states none."""
+def dataset_terms(dataset_dir: str | Path) -> tuple[str, str] | None:
+    """(name, terms) of ``dataset_dir``: its dataset.json's ``provenance`` (where a licence such as CHAOS's
+    CC BY-NC-SA 4.0 is stated), or None when it states none."""
     meta = json.loads((Path(dataset_dir) / "dataset.json").read_text())
     text = meta.get("provenance") or meta.get("licence") or meta.get("license")
-    if not text:
+    return (meta.get("name", Path(dataset_dir).name), text) if text else None
+
+
+def data_notice(dataset_dir: str | Path) -> str | None:
+    """The text a folder of images drawn from ``dataset_dir`` must carry (:func:`dataset_terms`), or None."""
+    terms = dataset_terms(dataset_dir)
+    if terms is None:
         return None
-    return (f"The images in this folder are drawn from the dataset {meta.get('name', Path(dataset_dir).name)}, and are "
-            f"under its terms:\n{text}\nThis notice covers this folder only.\n")
+    return (f"The images in this folder are drawn from the dataset {terms[0]}, and are "
+            f"under its terms:\n{terms[1]}\nThis notice covers this folder only.\n")
 
 
 def write_data_notice(folder: str | Path, dataset_dir: str | Path) -> Path | None:
