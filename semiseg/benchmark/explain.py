@@ -42,6 +42,11 @@ def curve_thirds(curve: Mapping[str, Sequence[float | None]], iterations: int) -
     return out
 
 
+def curve_span(curve: Mapping[str, Sequence[float | None]], iterations: int) -> int:
+    """The steps a logged curve covers: the budget, or more where a fine-tune follows it (MPL, noisy student)."""
+    return max(iterations, math.ceil(max(curve["step"])))
+
+
 def _run(doc: Mapping[str, Any], entry: str, seed: int) -> Mapping[str, Any] | None:
     return next((r for r in doc["runs"] if r["entry"] == entry and int(r["seed"]) == seed), None)
 
@@ -109,7 +114,7 @@ def explain(doc: Mapping[str, Any], entry: str, seeds: Sequence[int] | None = No
             lines.append(f"| {case} | " + " | ".join(cells) + " |")
         run = _run(doc, entry, seed)
         if run and run.get("curve"):  # thirds of the logged run, which outlasts the budget where a fine-tune follows it
-            n = max(iterations, math.ceil(max(run["curve"]["step"])))
+            n = curve_span(run["curve"], iterations)
             lines += ["", f"curve, mean over steps 0-{n // 3} / {n // 3}-{2 * n // 3} / {2 * n // 3}-{n}:"]
             for key, means in curve_thirds(run["curve"], n).items():
                 lines.append(f"- {key}: " + " / ".join("—" if m is None else f"{m:.4g}" for m in means))

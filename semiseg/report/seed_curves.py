@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from semiseg.atomic import atomic_write_text, save_png
-from semiseg.benchmark.explain import curve_thirds
+from semiseg.benchmark.explain import curve_span, curve_thirds
 from semiseg.benchmark.paired import format_number
 from semiseg.benchmark.results import load_results
 from semiseg.benchmark.thumbnails import dataset_terms
@@ -94,10 +94,6 @@ def first_step_below(curve: Mapping[str, Any], key: str, window: float, value: f
     return float(steps[under[0]]) if under.size else None
 
 
-def _iterations(run: Mapping[str, Any], budget: int) -> int:
-    return max(budget, math.ceil(max(run["curve"]["step"])))  # a fine-tune can outlast the budget (explain does the same)
-
-
 def table(groups: Sequence[Curves], window: float, below: float | None, command: str) -> str:
     """The markdown beside the figure: per run its test Dice and its curve by thirds."""
     head = ["entry", "seed", "test Dice", "supervised loss by thirds", "grad_share by thirds"]
@@ -109,7 +105,7 @@ def table(groups: Sequence[Curves], window: float, below: float | None, command:
     def thirds(run: Mapping[str, Any], key: str, budget: int) -> str:
         if key not in run["curve"]:
             return "—"
-        means = curve_thirds({"step": run["curve"]["step"], key: run["curve"][key]}, _iterations(run, budget))[key]
+        means = curve_thirds({"step": run["curve"]["step"], key: run["curve"][key]}, curve_span(run["curve"], budget))[key]
         return " / ".join("—" if m is None else f"{m:.3g}" for m in means)
 
     for g in groups:
