@@ -8,9 +8,9 @@ baseline and semi-supervised on the same slice, training curves, and a label-fre
 images whose intensities are unlike the training images' (semiseg.data.intensity_profile). Every stage resumes, so a second run
 finishes quickly. The sample is CC BY-NC-SA 4.0 (see its LICENSE.txt).
 
-The semi-supervised method is AD-MT, tied best with UniMatch on our LA-SSL-4 benchmark over 3 seeds
-(benchmarks/results/la_ssl4_cpu.json: 0.850 and 0.854 against supervised 0.641) at half UniMatch's step cost.
-"""
+The semi-supervised method is AD-MT in its default setting, third on our LA-SSL-4 benchmark over 3 seeds
+(benchmarks/results/la_ssl4_cpu.json: 0.857, behind its authors' LA setting 0.868 and UniMatch 0.865; lower bound
+0.777) at a third of UniMatch's step cost (0.51 against 1.54 s/step; README, "Demo")."""
 from __future__ import annotations
 
 import dataclasses
