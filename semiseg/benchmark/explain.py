@@ -42,6 +42,20 @@ def curve_thirds(curve: Mapping[str, Sequence[float | None]], iterations: int) -
     return out
 
 
+def logged_values(curve: Mapping[str, Sequence[float | None]], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) where ``key`` was logged (not None, not NaN); results curves are binned means already
+    (harness.downsample_history)."""
+    pairs = [(float(st), float(v)) for st, v in zip(curve["step"], curve[key]) if v is not None and not math.isnan(float(v))]
+    return [st for st, _ in pairs], [v for _, v in pairs]
+
+
+def supervised_curve_key(curve: Mapping[str, Sequence[float | None]]) -> str | None:
+    """The key of the kept network's labelled loss in a run's curve: ``sup`` (consistency methods; CPS sums its two
+    networks'), ``student_sup`` (MPL, whose ``loss`` is the student's pseudo-label loss), else ``loss`` (supervised
+    runs); None when the curve has none of them."""
+    return next((k for k in ("sup", "student_sup", "loss") if k in curve), None)
+
+
 def curve_span(curve: Mapping[str, Sequence[float | None]], iterations: int) -> int:
     """The steps a logged curve covers: the budget, or more where a fine-tune follows it (MPL, noisy student)."""
     return max(iterations, math.ceil(max(curve["step"])))

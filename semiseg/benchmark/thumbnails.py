@@ -111,7 +111,13 @@ NOTICE = "NOTICE.txt"  # beside the thumbnails: the terms of the data they are d
 def dataset_terms(dataset_dir: str | Path) -> tuple[str, str] | None:
     """(name, terms) of ``dataset_dir``: its dataset.json's ``provenance`` (where a licence such as CHAOS's
     CC BY-NC-SA 4.0 is stated), or None when it states none."""
-    meta = json.loads((Path(dataset_dir) / "dataset.json").read_text())
+    path = Path(dataset_dir) / "dataset.json"
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
     text = meta.get("provenance") or meta.get("licence") or meta.get("license")
     return (meta.get("name", Path(dataset_dir).name), text) if text else None
 

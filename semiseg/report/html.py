@@ -22,6 +22,7 @@ import numpy as np
 
 from semiseg.atomic import atomic_write_text, save_png
 from semiseg.benchmark.config import LOWER, UPPER
+from semiseg.benchmark.explain import logged_values, supervised_curve_key
 from semiseg.benchmark.paired import format_closure, format_diff, format_number, format_p, format_p_value
 from semiseg.benchmark.results import cpu_model_text, load_results, own_bound_comparison, pseudo_label_rounds, renamed_since
 from semiseg.benchmark.thumbnails import best_and_worst, case_files
@@ -37,7 +38,7 @@ def _colour(name: str, order: list[str]) -> str:
     return _CYCLE[methods.index(name) % len(_CYCLE)]
 
 
-def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1) -> tuple[Any, Any]:
+def agg_figure(w: float, h: float, nrows: int = 1, ncols: int = 1) -> tuple[Any, Any]:
     """A figure on the Agg canvas without touching pyplot's global state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -47,7 +48,7 @@ def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1) -> tuple[Any, An
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     """Write a figure atomically (semiseg.atomic.replacing), leaving pyplot's state alone."""
     fig.tight_layout()
     return save_png(fig, path)
@@ -67,7 +68,7 @@ def plot_dice(doc: Mapping[str, Any], path: Path) -> Path:
     """Mean foreground Dice per entry, error bar = sd over seeds, dots = seeds, bounds as dashed lines."""
     entries = doc["entries"]
     names = list(entries)
-    fig, ax = _figure(max(6.0, 1.1 * len(names) + 2), 4.2)
+    fig, ax = agg_figure(max(6.0, 1.1 * len(names) + 2), 4.2)
     ax = ax[0, 0]
     for i, n in enumerate(names):
         s = entries[n]["foreground"]["DSC"]
@@ -90,7 +91,7 @@ def plot_dice(doc: Mapping[str, Any], path: Path) -> Path:
     ax.set_title("Dice per method (mean ± sd over seeds; dots: seeds)", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 CLOSURE_LIMITS = (-1.5, 1.5)  # the forest plot's x range: an interval beyond it is drawn to the edge with an arrow
@@ -114,7 +115,7 @@ def _forest(rows: Sequence[tuple[str, float, float, float]], limits: tuple[float
     lo, hi = limits
     span = hi - lo
     digits = 2 if span > 1 else 3
-    fig, ax = _figure(7.6, 0.9 + 0.38 * len(rows))
+    fig, ax = agg_figure(7.6, 0.9 + 0.38 * len(rows))
     ax = ax[0, 0]
     for i, (_, c, a, b) in enumerate(reversed(rows)):
         colour = "#2ca02c" if a > 0 else "#d62728" if b < 0 else "#555555"
@@ -132,7 +133,7 @@ def _forest(rows: Sequence[tuple[str, float, float, float]], limits: tuple[float
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gap_closure(doc: Mapping[str, Any], path: Path) -> Path | None:
@@ -179,7 +180,7 @@ def plot_scatter(doc: Mapping[str, Any], path: Path) -> Path | None:
         return None
     base = {c: s["mean"] for c, s in entries[LOWER]["per_case_dice"].items()}
     names = list(entries)
-    fig, ax = _figure(5.2, 5.0)
+    fig, ax = agg_figure(5.2, 5.0)
     ax = ax[0, 0]
     allv = [v for v in base.values() if v is not None]
     for n in names:
@@ -195,7 +196,7 @@ def plot_scatter(doc: Mapping[str, Any], path: Path) -> Path | None:
     ax.set(xlim=(lo, 1), ylim=(lo, 1), xlabel="lower bound Dice (per case)", ylabel="Dice (per case)", title="per-case Dice vs the lower bound")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_classes(doc: Mapping[str, Any], path: Path) -> Path:
@@ -203,7 +204,7 @@ def plot_classes(doc: Mapping[str, Any], path: Path) -> Path:
     entries = doc["entries"]
     names = list(entries)
     classes = list(next(iter(entries.values()))["per_class_dice"])
-    fig, ax = _figure(max(5.0, 1.4 * len(classes) * max(1, len(names)) / 3 + 2), 4.0)
+    fig, ax = agg_figure(max(5.0, 1.4 * len(classes) * max(1, len(names)) / 3 + 2), 4.0)
     ax = ax[0, 0]
     width = 0.8 / max(1, len(names))
     for j, n in enumerate(names):
@@ -217,7 +218,7 @@ def plot_classes(doc: Mapping[str, Any], path: Path) -> Path:
     ax.set_title("Dice per class")
     ax.legend(fontsize=8, ncol=min(5, len(names)), loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves(doc: Mapping[str, Any], path: Path) -> Path | None:
@@ -231,7 +232,7 @@ def plot_curves(doc: Mapping[str, Any], path: Path) -> Path | None:
     n = len(runs)
     cols = min(3, n)
     rows = (n + cols - 1) // cols
-    fig, axes = _figure(4.2 * cols, 3.0 * rows, rows, cols)
+    fig, axes = agg_figure(4.2 * cols, 3.0 * rows, rows, cols)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     for ax, (name, rs) in zip(axes.ravel(), runs.items()):
@@ -246,13 +247,7 @@ def plot_curves(doc: Mapping[str, Any], path: Path) -> Path | None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def _logged(curve: Mapping[str, Any], key: str) -> tuple[list[float], list[float]]:
-    """(steps, values) where ``key`` was logged; results curves are already binned means (harness.downsample_history)."""
-    pairs = [(st, v) for st, v in zip(curve["step"], curve[key]) if v is not None]
-    return [st for st, _ in pairs], [v for _, v in pairs]
+    return save_figure(fig, path)
 
 
 def plot_diagnostics(doc: Mapping[str, Any], path: Path) -> Path | None:
@@ -267,19 +262,19 @@ def plot_diagnostics(doc: Mapping[str, Any], path: Path) -> Path | None:
     if not shares:
         return None
     order = list(doc["entries"])
-    fig, axes = _figure(11.0, 3.8, 1, 2)
+    fig, axes = agg_figure(11.0, 3.8, 1, 2)
     ax_g, ax_s = axes[0, 0], axes[0, 1]
     for n, r in shares.items():
-        x, y = _logged(r["curve"], "grad_share")
+        x, y = logged_values(r["curve"], "grad_share")
         ax_g.plot(x, y, lw=1.3, color=_colour(n, order), label=f"{n} (seed {r['seed']})")
     ax_g.set_yscale("log")
     ax_g.axhline(1.0, color="grey", lw=0.8, ls=":")
     ax_g.set_title("unlabelled / supervised gradient norm (grad_share)", fontsize=10)
     for n, r in (({LOWER: first[LOWER]} if LOWER in first else {}) | shares).items():
-        key = "sup" if "sup" in r["curve"] else "loss"
-        if key not in r["curve"]:
+        key = supervised_curve_key(r["curve"])
+        if key is None:
             continue
-        x, y = _logged(r["curve"], key)
+        x, y = logged_values(r["curve"], key)
         ax_s.plot(x, y, lw=2.0 if n == LOWER else 1.2, ls="--" if n == LOWER else "-", color=_colour(n, order),
                   label=f"{n} ({key})")
     ax_s.set_title("supervised term as logged (lower bound dashed)", fontsize=10)
@@ -287,7 +282,7 @@ def plot_diagnostics(doc: Mapping[str, Any], path: Path) -> Path | None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_unlabelled(doc: Mapping[str, Any], path: Path) -> Path | None:
@@ -296,7 +291,7 @@ def plot_unlabelled(doc: Mapping[str, Any], path: Path) -> Path | None:
     if not entries:
         return None
     names = list(entries)
-    fig, ax = _figure(max(5.0, 1.1 * len(names) + 2), 3.6)
+    fig, ax = agg_figure(max(5.0, 1.1 * len(names) + 2), 3.6)
     ax = ax[0, 0]
     for i, n in enumerate(names):
         ax.bar(i, entries[n]["mean"], yerr=entries[n]["std"] or 0, capsize=5, color=_colour(n, list(doc["entries"])), alpha=0.85)
@@ -305,7 +300,7 @@ def plot_unlabelled(doc: Mapping[str, Any], path: Path) -> Path | None:
     ax.set_ylabel("Dice on unlabelled cases")
     ax.set_title("predictions on the unlabelled cases\nvs their hidden labels (evaluation only)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _dataset_labels(doc: Mapping[str, Any]) -> dict[str, int] | None:
