@@ -66,12 +66,13 @@ def gather(specs: Sequence[str]) -> list[Curves]:
             if not isinstance((doc["benchmark"].get("budget") or {}).get("iterations"), int):
                 raise ValueError(f"{path}: benchmark.budget.iterations missing: cannot split the run into thirds")
             picked[(path.resolve(), name)] = doc
-    stems = {p.stem for p, _ in picked}
+    files = {p for p, _ in picked}
+    by_stem = len({p.stem for p in files}) == len(files)  # stems name the files unless two share one
     names = [n for _, n in picked]
     out = []
     for (path, name), doc in picked.items():
         runs = tuple(sorted((r for r in doc["runs"] if r["entry"] == name and r.get("curve")), key=lambda r: int(r["seed"])))
-        where = path.stem if len(stems) == len({p for p, _ in picked}) else os.path.relpath(path)
+        where = path.stem if by_stem else os.path.relpath(path)
         label = f"{name} ({where})" if names.count(name) > 1 else name
         out.append(Curves(label, runs, int(doc["benchmark"]["budget"]["iterations"]), str(doc["benchmark"].get("dataset", ""))))
     return out
