@@ -99,6 +99,21 @@ def test_finished_run_is_not_retrained_and_loads(run, tmp_path):
     assert out_t.shape == (1, plan.num_classes, *plan.patch_size)
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_earlier_trainings_in_the_process_leave_a_training_unchanged(run, tmp_path, workers):
+    """Self-training trains its fold models and its final model in one process, and a benchmark compares that final
+    model with a supervised run from a fresh one: no state may carry over from one training to the next."""
+    cfg = TrainConfig(**{**config().__dict__, "num_workers": workers})
+    first = train(run.plan, cfg, spec(run), tmp_path / "first", device="cpu", progress=False)
+    other = DataSpec(run.cache, LABELLED[1:5], UNLABELLED)
+    train(run.plan, TrainConfig(**{**cfg.__dict__, "seed": 3}), other, tmp_path / "other", device="cpu", progress=False)
+    train(run.plan, TrainConfig(**{**cfg.__dict__, "seed": 3, "method": "mean-teacher"}), other, tmp_path / "mt",
+          device="cpu", progress=False)
+    again = train(run.plan, cfg, spec(run), tmp_path / "again", device="cpu", progress=False)
+    a, b = final_weights(first), final_weights(again)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_training_batches_read_no_unlabelled_labels(run):
     from semiseg.data.sampling import open_cases
 
