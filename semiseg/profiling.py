@@ -24,7 +24,7 @@ from semiseg.atomic import save_png
 
 Probe = Callable[[], "tuple[float, float, float | None]"]
 R = TypeVar("R")
-MB = 1024.0 * 1024.0
+MB = 1024.0 * 1024.0  # "MB" throughout (rss_mb, peak_rss_mb) is 2**20 bytes (MiB); tables divide by 1024 and say GiB
 
 
 def gpu_memory_mb(device: int = 0) -> float | None:

@@ -106,7 +106,7 @@ def table_for(doc: Mapping[str, Any], source: str) -> str:
     lines += [
         "| method | seeds | Dice (test) | gap closure [95% CI] | Δ Dice vs lower [95% CI] | p (Wilcoxon) |"
         + (" Δ Dice vs own baseline [95% CI] |" if own else "") + " NSD | HD95 (mm) | ASD (mm) |"
-        " train time (min) | s/step | peak RAM (GB) |"
+        " train time (min) | s/step | peak RAM (GiB) |"
         + (" Dice, post-processed | gap closure, post-processed [95% CI] | HD95, post-processed (mm) |" if pp else ""),
         "|---|---:|---:|---:|---:|---:|" + ("---:|" if own else "") + "---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if pp else ""),
     ]

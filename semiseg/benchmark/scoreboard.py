@@ -139,7 +139,7 @@ def render_board(title: str, board: Sequence[Row], seeds: int) -> tuple[str, boo
     """Markdown for one benchmark, and whether it meets both of issue 16's criteria."""
     lines = [f"## {title}", "",
              "| family | family verdict | row | seeds | complete | Dice | own bound | Δ vs own bound [95% CI] (pairs) "
-             "| row | Δ, seeds resampled too [95% CI] | gap closure [95% CI] | HD95 mm | s/step | peak RAM GB |",
+             "| row | Δ, seeds resampled too [95% CI] | gap closure [95% CI] | HD95 mm | s/step | peak RAM GiB |",
              "|---|---|---|---:|---|---:|---|---|---|---|---|---:|---:|---:|"]
     verdicts = {}
     for fam in FAMILIES:
