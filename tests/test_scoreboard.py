@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from semiseg.benchmark.results import load_results, seed_spread_comparison
+from semiseg.benchmark.results import cpu_mismatch, load_results, same_cpu, seed_spread_comparison
 from semiseg.benchmark.scoreboard import family, family_verdict, main, render, render_board, rows, side
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "la_ssl4_cpu.json"
@@ -67,7 +67,7 @@ def test_scoreboard_judges_each_family_on_its_complete_rows() -> None:
     board = rows(_doc())
     assert [r.name for r in board] == ["mt-dropout", "mt", "cps", "cps-alw", "noisy", "other"]  # no bounds, no supervised
     by = {r.name: r for r in board}
-    assert by["cps"].own_bound == "plain" and by["cps"].side == "at" and by["cps"].peak_gb == pytest.approx(2.0)
+    assert by["cps"].own_bound == "plain" and by["cps"].side == "at" and by["cps"].peak_gib == pytest.approx(2.0)
     assert family_verdict([by["mt-dropout"], by["mt"]], 3) == "below"   # the 1-seed row does not count
     assert not by["cps-alw"].complete(3) and family_verdict([by["cps-alw"]], 3) == "open"
     assert family_verdict([], 3) == "open"
@@ -173,3 +173,31 @@ def test_the_board_shows_the_seed_spread_beside_the_verdict() -> None:
     text, _ = render_board("b", rows(doc), 3)
     assert "| -0.030 [-0.060, -0.010] (6/6) | below | -0.030 [" in text
     assert "| cps | passes (cps at) | cps | 3/3 | yes | 0.700 | plain | +0.010 [-0.010, +0.030] (6/6) | at | n/a |" in text
+
+
+def _run(entry: str, seed: int, model: str | None, bf16: bool | None) -> dict:
+    return {"entry": entry, "seed": seed, "machine": {"cpu_model": model, "cpu_native_bf16": bf16}}
+
+
+def test_same_cpu_counts_only_what_was_recorded() -> None:
+    epyc, xeon = ("AMD EPYC", True), ("Intel Xeon", True)
+    assert same_cpu(epyc, epyc) is True and same_cpu(epyc, xeon) is False
+    assert same_cpu(epyc, ("AMD EPYC", False)) is False            # one model name, two generations
+    assert same_cpu(epyc, ("AMD EPYC", None)) is None               # flag not recorded: not known
+    assert same_cpu(xeon, ("AMD EPYC", None)) is False              # other model whatever the flag
+    assert same_cpu(epyc, (None, None)) is None
+
+
+def test_the_board_counts_seeds_trained_on_another_cpu_than_the_bound() -> None:
+    doc = _doc()
+    doc["runs"] = [_run("lower", s, "AMD EPYC", True) for s in range(3)] + [
+        _run("mt-dropout", 0, "AMD EPYC", True), _run("mt-dropout", 1, "Intel Xeon", True),
+        _run("mt-dropout", 2, "AMD EPYC", None),   # not known: left out of the count
+        _run("plain", 0, None, None), _run("cps", 0, "AMD EPYC", True)]
+    assert cpu_mismatch(doc["runs"], "mt-dropout", "lower") == (1, 2)
+    assert cpu_mismatch(doc["runs"], "cps", "plain") == (0, 0)     # the bound's CPU not recorded
+    by = {r.name: r for r in rows(doc)}
+    assert by["mt-dropout"].other_cpu == (1, 2) and by["cps"].other_cpu == (0, 0)
+    text, _ = render_board("b", rows(doc), 3)
+    assert "| below | n/a | 1/2 | -0.30 [-0.60, -0.10] |" in text   # mt-dropout: verdict, seeds resampled, other CPU
+    assert "| at | n/a | n/a | 0.30 [0.10, 0.50] |" in text          # cps: nothing known

@@ -115,6 +115,31 @@ def cpu_model_text(run: Mapping[str, Any]) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def cpu_key(run: Mapping[str, Any]) -> tuple[str | None, bool | None]:
+    """The CPU a run trained on, as far as it was recorded: (model, native bf16). fp32 training is not bit-reproducible
+    across CPU models, so two runs of one seed on different CPUs differ by the machine as well as by their settings."""
+    m = run.get("machine", {})
+    return m.get("cpu_model"), m.get("cpu_native_bf16")
+
+
+def same_cpu(a: tuple[str | None, bool | None], b: tuple[str | None, bool | None]) -> bool | None:
+    """Whether two :func:`cpu_key` name the same CPU; None where that is not known (a model not recorded, or the same
+    model with a bf16 flag one run did not record: one model name covers CPU generations with and without it)."""
+    if a[0] is None or b[0] is None:
+        return None
+    if a[0] != b[0]:
+        return False
+    return None if a[1] is None or b[1] is None else a[1] == b[1]
+
+
+def cpu_mismatch(runs: Sequence[Mapping[str, Any]], entry: str, bound: str) -> tuple[int, int]:
+    """(seeds on which ``entry``'s run and ``bound``'s ran on different CPUs, seeds where both CPUs are known)."""
+    cpus: dict[tuple[str, int], tuple[str | None, bool | None]] = {(r["entry"], int(r["seed"])): cpu_key(r) for r in runs}
+    same = [same_cpu(k, cpus[(bound, s)]) for (e, s), k in cpus.items() if e == entry and (bound, s) in cpus]
+    known = [v for v in same if v is not None]
+    return sum(not v for v in known), len(known)
+
+
 def provenance(device: str | None = None, command: Sequence[str] | None = None, commit: str | None = None) -> dict[str, Any]:
     """Where a number came from; ``commit`` as taken when the work began (default: now)."""
     return {

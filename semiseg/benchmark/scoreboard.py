@@ -28,7 +28,8 @@ from typing import Any, Mapping, Sequence
 from semiseg.atomic import atomic_write_text
 from semiseg.benchmark.config import LOWER, UPPER, repo_root
 from semiseg.benchmark.paired import format_closure, format_diff, format_number
-from semiseg.benchmark.results import case_dice_by_pair, load_results, own_bound_comparison, seed_spread_comparison
+from semiseg.benchmark.results import (case_dice_by_pair, cpu_mismatch, load_results, own_bound_comparison,
+                                      seed_spread_comparison)
 
 # issue 16's list of seed methods, in its order
 FAMILIES = ("mean-teacher", "ua-mt", "cps", "cps-alw", "dlunet", "mpl", "uncertainty (paper rule)",
@@ -42,7 +43,10 @@ RULES = ("Each row against the supervised run of its own network (its declared b
          "on the bounds' scale; its bar (>= 0.5, CI excluding 0) is met when any complete row meets it. Seeds "
          "resampled too: the same Δ with a CI that resamples each side's seeds as well as the cases, so seed-to-seed "
          "spread is in it; where it includes 0 while the row's CI excludes it, the above / below does not exceed seed "
-         "noise (the verdicts above do not use it). s/step: "
+         "noise (the verdicts above do not use it). Other CPU: of the row's seeds with both CPUs recorded, how many "
+         "ran on another CPU model than its bound's run of that seed; fp32 training is not bit-reproducible across "
+         "CPUs (LA-SSL-4's lower bound, seed 0: 0.793 on an AMD EPYC, 0.788 on an Intel Xeon), so such a pair differs "
+         "by the machine as well as the method. s/step: "
          "training time over the run's steps; a self-training row's time is every model it trained itself (fold "
          "ensembles, students; round-0 folds another row of the seed trained first are not counted again).")
 
@@ -77,7 +81,8 @@ class Row:
     closure: dict[str, Any] | None      # paired gap closure on the bounds' scale
     hd95: float | None
     s_per_step: float | None
-    peak_gb: float | None               # the largest over seeds, as the README table
+    peak_gib: float | None              # the largest over seeds, as the README table
+    other_cpu: tuple[int, int] = (0, 0)  # (seeds on another CPU than the bound's run, seeds with both CPUs known)
 
     def complete(self, seeds: int) -> bool:
         """Every seed, and an own-bound comparison over all of them (not a baseline's subset)."""
@@ -103,9 +108,11 @@ def rows(doc: Mapping[str, Any]) -> list[Row]:
         pairs = sum(v is not None for v in case_dice_by_pair(e).values()) if "per_seed" in e else 0
         own, bound = own_bound_comparison(e), doc["entries"].get(e["baseline"]) if e.get("baseline") else None
         spread = seed_spread_comparison(e, bound) if own is not None and bound is not None else None
+        other = cpu_mismatch(doc.get("runs", ()), name, e["baseline"]) if e.get("baseline") else (0, 0)
         out.append(Row(name, family(e), len(e.get("seeds") or e.get("per_seed") or ()), pairs, _stat(fg.get("DSC")),
                        e.get("baseline"), own, spread, (e.get("gap_closure") or {}).get("paired"),
-                       _stat(fg.get("HD95")), _stat(e.get("seconds_per_step")), None if peak is None else peak / 1024))
+                       _stat(fg.get("HD95")), _stat(e.get("seconds_per_step")), None if peak is None else peak / 1024,
+                       other))
     return out
 
 
@@ -139,21 +146,22 @@ def render_board(title: str, board: Sequence[Row], seeds: int) -> tuple[str, boo
     """Markdown for one benchmark, and whether it meets both of issue 16's criteria."""
     lines = [f"## {title}", "",
              "| family | family verdict | row | seeds | complete | Dice | own bound | Δ vs own bound [95% CI] (pairs) "
-             "| row | Δ, seeds resampled too [95% CI] | gap closure [95% CI] | HD95 mm | s/step | peak RAM GiB |",
-             "|---|---|---|---:|---|---:|---|---|---|---|---|---:|---:|---:|"]
+             "| row | Δ, seeds resampled too [95% CI] | other CPU | gap closure [95% CI] | HD95 mm | s/step | peak RAM GiB |",
+             "|---|---|---|---:|---|---:|---|---|---|---|---:|---|---:|---:|---:|"]
     verdicts = {}
     for fam in FAMILIES:
         members = sorted((r for r in board if r.family == fam), key=lambda r: not r.complete(seeds))
         verdicts[fam] = family_verdict(members, seeds)
         if not members:
-            lines.append(f"| {fam} | open | (not run) | 0/{seeds} | no |" + " n/a |" * 9)
+            lines.append(f"| {fam} | open | (not run) | 0/{seeds} | no |" + " n/a |" * 10)
         for i, r in enumerate(members):
             own = "n/a" if r.own is None else f"{format_diff(r.own)} ({r.own['n']}/{r.pairs})"
             lines.append(" | ".join([
                 f"| {fam if i == 0 else ''}", verdicts[fam] if i == 0 else "", r.name, f"{r.seeds}/{seeds}",
                 "yes" if r.complete(seeds) else "no", format_number(r.dice), r.own_bound or "n/a", own,
-                r.side or "n/a", format_diff(r.spread), format_closure(r.closure), format_number(r.hd95, 1),
-                format_number(r.s_per_step, 2), format_number(r.peak_gb, 2)]) + " |")
+                r.side or "n/a", format_diff(r.spread), f"{r.other_cpu[0]}/{r.other_cpu[1]}" if r.other_cpu[1] else "n/a",
+                format_closure(r.closure), format_number(r.hd95, 1), format_number(r.s_per_step, 2),
+                format_number(r.peak_gib, 2)]) + " |")
     every = all(v.startswith("passes") for v in verdicts.values())
     lines += ["", f"- every seed method at or above its own bound: **{'yes' if every else 'no'}** ("
               + "; ".join(f"{f}: {v}" for f, v in verdicts.items()) + ")"]
