@@ -151,14 +151,14 @@ class EfficiencyReport:
         axes = fig.subplots(3, 1, sharex=True)
         gpu = [float("nan") if g is None else g for g in s.gpu_mb]
         for ax, values, label in zip(
-            axes, (s.rss_mb, s.cpu_percent, gpu), ("RAM (RSS, MB)", "CPU (%)", "GPU memory (MB)")
+            axes, (s.rss_mb, s.cpu_percent, gpu), ("RAM (RSS, MiB)", "CPU (%)", "GPU memory (MiB)")
         ):
             ax.plot(s.times_s, values, lw=1.2)
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
         axes[-1].set_xlabel("time (s)")
-        gpu_text = "n/a" if self.max_gpu_mb is None else f"{self.max_gpu_mb:.0f} MB, AUC {self.auc_gpu_mb_s:.0f} MB*s"
-        axes[0].set_title(f"wall {self.wall_time_s:.1f} s | peak RSS {self.peak_rss_mb:.0f} MB | GPU {gpu_text}")
+        gpu_text = "n/a" if self.max_gpu_mb is None else f"{self.max_gpu_mb:.0f} MiB, AUC {self.auc_gpu_mb_s:.0f} MiB*s"
+        axes[0].set_title(f"wall {self.wall_time_s:.1f} s | peak RSS {self.peak_rss_mb:.0f} MiB | GPU {gpu_text}")
         save_png(fig, path, dpi=100)
 
 

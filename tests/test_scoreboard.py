@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from semiseg.benchmark.results import cpu_mismatch, load_results, same_cpu, seed_spread_comparison
+from semiseg.benchmark.results import cpu_key, cpu_mismatch, load_results, same_cpu, seed_spread_comparison
 from semiseg.benchmark.scoreboard import family, family_verdict, main, render, render_board, rows, side
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "la_ssl4_cpu.json"
@@ -180,6 +180,7 @@ def _run(entry: str, seed: int, model: str | None, bf16: bool | None) -> dict:
 
 
 def test_same_cpu_counts_only_what_was_recorded() -> None:
+    assert cpu_key({"machine": None}) == (None, None) and cpu_key({"machine": {"cpu_model": ""}}) == (None, None)
     epyc, xeon = ("AMD EPYC", True), ("Intel Xeon", True)
     assert same_cpu(epyc, epyc) is True and same_cpu(epyc, xeon) is False
     assert same_cpu(epyc, ("AMD EPYC", False)) is False            # one model name, two generations
@@ -193,6 +194,7 @@ def test_the_board_counts_seeds_trained_on_another_cpu_than_the_bound() -> None:
     doc["runs"] = [_run("lower", s, "AMD EPYC", True) for s in range(3)] + [
         _run("mt-dropout", 0, "AMD EPYC", True), _run("mt-dropout", 1, "Intel Xeon", True),
         _run("mt-dropout", 2, "AMD EPYC", None),   # not known: left out of the count
+        _run("mt-dropout", 3, "Intel Xeon", True),   # a seed the bound has no run of: not compared
         _run("plain", 0, None, None), _run("cps", 0, "AMD EPYC", True)]
     assert cpu_mismatch(doc["runs"], "mt-dropout", "lower") == (1, 2)
     assert cpu_mismatch(doc["runs"], "cps", "plain") == (0, 0)     # the bound's CPU not recorded

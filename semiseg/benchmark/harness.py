@@ -574,7 +574,7 @@ def run_benchmark(cfg: BenchmarkConfig, only: Sequence[str] | None = None, seeds
             atomic_write_json(path, piece)
             t, dsc = piece["train"], piece["test"]["foreground_mean"].get("DSC")
             print(f"[{cfg.name}] {e.name} seed {seed}: Dice {'n/a' if dsc is None else f'{dsc:.4f}'}, "
-                  f"train {t['wall_time_s'] or 0:.0f} s, peak RSS {t['peak_rss_mb'] or 0:.0f} MB", flush=True)
+                  f"train {t['wall_time_s'] or 0:.0f} s, peak RSS {t['peak_rss_mb'] or 0:.0f} MiB", flush=True)
             write_results(cfg, layout, skipped, device, command)
     out = write_results(cfg, layout, skipped, device, command)
     print(f"[{cfg.name}] results: {out}", flush=True)

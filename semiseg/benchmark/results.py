@@ -105,21 +105,19 @@ def machine_info(device: str | None = None) -> dict[str, Any]:
     return info
 
 
-def cpu_model_text(run: Mapping[str, Any]) -> str:
-    """`` (model)`` for a run's machine line when the CPU model was recorded (older runs did not record it), with
-    ``no native bf16`` where that was recorded false."""
-    m = run.get("machine", {})
-    parts = [m["cpu_model"]] if m.get("cpu_model") else []
-    if m.get("cpu_native_bf16") is False:
-        parts.append("no native bf16")
-    return f" ({', '.join(parts)})" if parts else ""
-
-
 def cpu_key(run: Mapping[str, Any]) -> tuple[str | None, bool | None]:
-    """The CPU a run trained on, as far as it was recorded: (model, native bf16). fp32 training is not bit-reproducible
-    across CPU models, so two runs of one seed on different CPUs differ by the machine as well as by their settings."""
-    m = run.get("machine", {})
-    return m.get("cpu_model"), m.get("cpu_native_bf16")
+    """The CPU a run trained on, as far as it was recorded (older runs did not): (model, native bf16). fp32 training is
+    not bit-reproducible across CPUs, so two runs of one seed on different CPUs differ by the machine too."""
+    m = run.get("machine") or {}
+    return m.get("cpu_model") or None, m.get("cpu_native_bf16")
+
+
+def cpu_model_text(run: Mapping[str, Any]) -> str:
+    """`` (model)`` for a run's machine line when the CPU model was recorded, with ``no native bf16`` where that was
+    recorded false."""
+    model, bf16 = cpu_key(run)
+    parts = ([model] if model else []) + (["no native bf16"] if bf16 is False else [])
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def same_cpu(a: tuple[str | None, bool | None], b: tuple[str | None, bool | None]) -> bool | None:

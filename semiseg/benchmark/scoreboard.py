@@ -16,6 +16,7 @@ the gap closure on the bounds' scale. The rules, printed with the board:
 - the closure bar (>= 0.5 with a CI excluding 0) is met when any complete row meets it.
 Beside the verdict, each row shows the same difference with seeds resampled too (the brief: a gap counts when it
 exceeds seed noise): where that CI includes 0 but the row's excludes it, the above / below rests on case pairs alone.
+The full rules, with the CPU and cost columns, are ``RULES``, printed at the top of the board.
 """
 from __future__ import annotations
 
@@ -43,10 +44,11 @@ RULES = ("Each row against the supervised run of its own network (its declared b
          "on the bounds' scale; its bar (>= 0.5, CI excluding 0) is met when any complete row meets it. Seeds "
          "resampled too: the same Δ with a CI that resamples each side's seeds as well as the cases, so seed-to-seed "
          "spread is in it; where it includes 0 while the row's CI excludes it, the above / below does not exceed seed "
-         "noise (the verdicts above do not use it). Other CPU: of the row's seeds with both CPUs recorded, how many "
-         "ran on another CPU model than its bound's run of that seed; fp32 training is not bit-reproducible across "
-         "CPUs (LA-SSL-4's lower bound, seed 0: 0.793 on an AMD EPYC, 0.788 on an Intel Xeon), so such a pair differs "
-         "by the machine as well as the method. s/step: "
+         "noise (the verdicts above do not use it). Other CPU: of the row's seeds whose CPU and its bound's run's "
+         "CPU can be told apart from the records (model name, and native-bf16 flag where both runs recorded it), "
+         "how many differ; 0 means no difference the records show (one model name covers CPU generations). fp32 "
+         "training is not bit-reproducible across CPUs (LA-SSL-4's lower bound, seed 0: 0.793 on an AMD EPYC, 0.788 "
+         "on an Intel Xeon), so such a pair differs by the machine as well as the method. s/step: "
          "training time over the run's steps; a self-training row's time is every model it trained itself (fold "
          "ensembles, students; round-0 folds another row of the seed trained first are not counted again).")
 

@@ -405,7 +405,7 @@ def _summary_table(doc: Mapping[str, Any]) -> str:
     paired_head = ["entry", "pairs", "Δ Dice vs lower [95% CI]", "p (Wilcoxon)", "verdict", "gap closure, paired [95% CI]",
                    "Δ Dice vs own baseline [95% CI]"]
     pp_head = ["entry", "Dice", "gap closure (of means)", "gap closure (per seed)", "Δ Dice vs lower [95% CI]", "p (Wilcoxon)", "NSD", "HD95 mm"]
-    cost_head = ["entry", "method and parameters", "train s", "s/step", "peak RSS MB"]
+    cost_head = ["entry", "method and parameters", "train s", "s/step", "peak RSS MiB"]
     acc, paired, post, cost = [], [], [], []
     boot = next((e["paired_vs_lower"]["bootstrap"] for e in doc["entries"].values() if e.get("paired_vs_lower")), None)
     for name, e in doc["entries"].items():
@@ -464,7 +464,7 @@ def _meta(doc: Mapping[str, Any]) -> str:
     plan_bits = json.dumps({k: v for k, v in b["plan"].items() if v not in (None, {}, [])})
     commands = sorted({r["command"] for r in doc["runs"]})
     commits = sorted({r["git_commit"] for r in doc["runs"]})
-    machines = sorted({f"{r['machine'].get('platform')}, {r['machine'].get('cpu_count')} CPUs{cpu_model_text(r)}, {r['machine'].get('ram_gb')} GB, "
+    machines = sorted({f"{r['machine'].get('platform')}, {r['machine'].get('cpu_count')} CPUs{cpu_model_text(r)}, {r['machine'].get('ram_gb')} GiB, "
                        f"torch {r['machine'].get('torch')}, device {r['train'].get('device')}" for r in doc["runs"]})
     loads = [r["train"].get("load_average_1min_at_start") for r in doc["runs"]]
     loads = [x for x in loads if x is not None]
