@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from semiseg.benchmark.explain import curve_thirds, explain, main
+from semiseg.benchmark.explain import cpu_line, curve_thirds, explain, main
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "la_ssl4_cpu.json"
 
@@ -76,3 +76,15 @@ def test_explain_reads_a_committed_results_file(capsys: pytest.CaptureFixture[st
         main([str(RESULTS), "no-such-entry"])
     assert e.value.code == 2
     assert "no-such-entry" in capsys.readouterr().err
+
+
+def test_each_seed_says_which_cpu_its_runs_trained_on() -> None:
+    doc = _doc()
+    doc["runs"][0]["machine"] = {"cpu_model": "Intel Xeon", "cpu_native_bf16": True}
+    doc["runs"] += [{"entry": "lower", "seed": 0, "machine": {"cpu_model": "AMD EPYC", "cpu_native_bf16": False}},
+                    {"entry": "plain", "seed": 0, "machine": {}}]
+    line = "CPU: m Intel Xeon; lower AMD EPYC, no native bf16; plain not recorded (fp32 differs across CPUs)"
+    assert cpu_line(doc, ["m", "lower", "plain"], 0) == line and line in explain(doc, "m")
+    doc["runs"][1]["machine"] = doc["runs"][2]["machine"] = {"cpu_model": "Intel Xeon"}
+    assert cpu_line(doc, ["m", "lower", "plain"], 0) == "CPU: all Intel Xeon"
+    assert cpu_line(doc, ["m"], 1) is None                       # no run of that seed

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from semiseg.benchmark.config import LOWER
 from semiseg.benchmark.paired import format_closure, format_diff, format_number, format_p, paired_comparison
-from semiseg.benchmark.results import case_dice_by_pair, load_results, pseudo_label_rounds
+from semiseg.benchmark.results import case_dice_by_pair, cpu_model_text, load_results, pseudo_label_rounds
 
 
 def curve_thirds(curve: Mapping[str, Sequence[float | None]], iterations: int) -> dict[str, list[float | None]]:
@@ -68,6 +68,18 @@ def _run(doc: Mapping[str, Any], entry: str, seed: int) -> Mapping[str, Any] | N
 def _case_dice(doc: Mapping[str, Any], entry: str, seed: int) -> dict[str, float | None]:
     per_seed = (doc["entries"].get(entry) or {}).get("per_seed") or {}
     return dict((per_seed.get(str(seed)) or {}).get("per_case_dice") or {})
+
+
+def cpu_line(doc: Mapping[str, Any], names: Sequence[str], seed: int) -> str | None:
+    """Which CPU each named entry's run of ``seed`` trained on, as recorded: fp32 training is not bit-reproducible
+    across CPUs, so a pair whose runs trained on different ones differs by the machine too. None if none recorded."""
+    runs = {name: _run(doc, name, seed) for name in names}
+    cpus = {n: cpu_model_text(r).strip()[1:-1] for n, r in runs.items() if r and cpu_model_text(r)}
+    if not cpus:
+        return None
+    if len(set(cpus.values())) == 1 and len(cpus) == len(names):
+        return f"CPU: all {next(iter(cpus.values()))}"
+    return "CPU: " + "; ".join(f"{n} {cpus.get(n, 'not recorded')}" for n in names) + " (fp32 differs across CPUs)"
 
 
 def _cell(x: float | None, signed: bool = False) -> str:
@@ -126,6 +138,8 @@ def explain(doc: Mapping[str, Any], entry: str, seeds: Sequence[int] | None = No
                 b = ref.get(case)
                 cells += [_cell(b), _cell(None if b is None or mine[case] is None else mine[case] - b, signed=True)]
             lines.append(f"| {case} | " + " | ".join(cells) + " |")
+        if (cpu := cpu_line(doc, [entry, *theirs], seed)) is not None:
+            lines += ["", cpu]
         run = _run(doc, entry, seed)
         if run and run.get("curve"):  # thirds of the logged run, which outlasts the budget where a fine-tune follows it
             n = curve_span(run["curve"], iterations)
